@@ -1,0 +1,64 @@
+"""The ``repae`` command line. Each verb is a thin wrapper over the library.
+
+Every verb lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+the module is imported only when its verb is used, so ``repae --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help). One table; no if/elif chains.
+VERBS: dict[str, tuple[str, str]] = {
+    "train": ("repae.training.cli", "train REPA-E / REPA / vanilla / ablations / LDM (default: REPA-E on the embedded data)"),
+    "bench": ("repae.training.bench", "print seconds/step, img/s and peak memory of a training step"),
+    "export-vae": ("repae.training.export", "write the E2E-VAE of a run (diffusers format + latent statistics)"),
+    "cache-latents": ("repae.data.cache_cli", "encode a dataset with a frozen VAE into cached posterior mean/std"),
+    "latent-stats": ("repae.tokenizer.stats_cli", "compute per-channel latent statistics of a VAE over a dataset"),
+    "pretrain-encoder": ("repae.ssl.cli", "self-supervised pretraining of a small ViT alignment encoder"),
+    "linear-probe": ("repae.ssl.probe_cli", "linear-probe accuracy of an encoder's features on a labelled dataset"),
+    "sample": ("repae.sampling.cli", "draw N samples from a checkpoint into an ADM .npz and/or PNG folder"),
+    "evaluate": ("repae.evaluation.cli", "gFID/sFID/IS/precision/recall of samples, or rFID/PSNR/SSIM/LPIPS of a VAE"),
+    "reference": ("repae.evaluation.reference_cli", "build an ADM-layout reference batch (features + statistics)"),
+    "config": ("repae.config_cli", "print the resolved configuration of a preset with overrides"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(len(v) for v in VERBS)
+    verbs = "\n".join(f"  {name.ljust(width)}  {help_}" for name, (_, help_) in VERBS.items())
+    return argparse.ArgumentParser(
+        prog="repae",
+        description="End-to-end latent diffusion (REPA-E) training, sampling and evaluation.",
+        epilog=f"verbs:\n{verbs}\n\nRun 'repae VERB --help' for the options of a verb.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    top.add_argument("--version", action="store_true", help="print the version and exit")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] == "--version":
+        from repae import __version__
+
+        print(__version__)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        top.error(f"unknown verb {verb!r}; choose one of: {', '.join(VERBS)}")
+    module_name, help_ = VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"repae {verb}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
