@@ -57,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"repae {verb}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    from repae.errors import ConfigError, MissingWeightsError
+
+    try:
+        return int(module.run(args) or 0)
+    except (ConfigError, MissingWeightsError) as err:  # bad input: one line that names the fix
+        print(f"repae {verb}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,239 @@
+"""Run configuration: dataclasses, YAML presets and dotted overrides.
+
+A run is fully described by one :class:`RunConfig`. Presets are YAML files in
+``repae/configs/`` (named without extension, e.g. ``tiny-fmnist``) or any YAML path; overrides
+are dotted ``section.key=value`` strings parsed as YAML scalars (``train.batch_size=256``,
+``align.encoders=[dinov2-vit-b]``). The resolved config is saved as ``config.json`` in every
+run folder and inside every checkpoint, so a checkpoint can rebuild its own models.
+
+Defaults are those of the embedded CPU job; the ImageNet presets set the paper's values
+(spec-repae.md section 1.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repae.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"  # "embedded" | "fashion-mnist" | folder | .npz | .h5
+    resolution: int = 32  # image side in pixels (ADM centre crop for folders)
+    num_workers: int = 0  # DataLoader workers (files are opened lazily per worker)
+    latents: str | None = None  # cached-latent file for the `ldm` recipe (repae cache-latents)
+
+
+@dataclass
+class TokenizerConfig:
+    preset: str = "tiny-f4d4"  # VAE architecture: f8d4 | f16d32 | tiny-f4d4 | tiny-f8d4
+    weights: str | None = None  # diffusers folder / safetensors / LDM .pt; None = random init
+    stats: str | None = None  # JSON {mean, std} initialising the latent normaliser
+    bn_momentum: float = 0.1  # momentum of the latent BatchNorm (spec 2.6)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "SiT-T/1"  # SiT-{S,B,L,XL}/{1,2,4,8}, SiT-T/{1,2}
+    num_classes: int = 10
+    class_dropout_prob: float = 0.1  # label dropout for CFG (spec 2.2)
+    encoder_depth: int = 2  # 1-based SiT block whose output is projected (paper: 8)
+    qk_norm: bool = False
+
+
+@dataclass
+class AlignConfig:
+    encoders: list[str] = field(default_factory=lambda: ["repae-vit-t4"])  # alignment targets
+    encoder_weights: list[str | None] = field(default_factory=list)  # one path per encoder (or none)
+    proj_coeff: float = 0.5  # lambda_g: REPA weight in the SiT update
+    vae_align_coeff: float = 1.5  # lambda_v: REPA weight in the VAE update
+
+
+@dataclass
+class DiffusionConfig:
+    path: str = "linear"  # linear | cosine
+    time_sampler: str = "uniform"  # uniform | lognormal
+
+
+@dataclass
+class LossConfig:
+    """L_REG of the VAE (spec section 4)."""
+
+    reconstruction_weight: float = 1.0
+    perceptual: str = "laplacian"  # lpips (needs VGG16 weights) | laplacian | none
+    perceptual_weight: float = 1.0
+    vgg_weights: str | None = None
+    kl_weight: float = 1e-6
+    disc_weight: float = 0.1
+    disc_start: int = 0
+    lecam_weight: float = 0.0
+    adaptive_disc_weight: bool = False
+    disc_weights: str | None = None  # optional pretrained discriminator (safetensors/.pt)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # SiT
+    vae_lr: float = 1e-4
+    disc_lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # clipped separately for SiT, VAE and discriminator
+    ema_decay: float = 0.9999
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "repa-e"  # see repae.training.recipes.RECIPES
+    batch_size: int = 64  # global batch
+    grad_accum: int = 1
+    max_steps: int = 400
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    compile: bool = False
+    allow_tf32: bool = True
+    seed: int = 0
+    output_dir: str = "runs"
+    exp_name: str = "repae-tiny-fmnist"
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    sample_every: int = 200
+    resume: bool = True  # resume from the latest complete checkpoint of the run folder
+    threads: int = 0  # torch CPU threads (0 = torch default)
+    report_to: str = "tensorboard"  # tensorboard | wandb | none
+
+
+@dataclass
+class SampleConfig:
+    """In-training preview grids and the defaults of `repae sample`."""
+
+    num_images: int = 64
+    sampler: str = "euler"
+    num_steps: int = 50
+    cfg_scale: float = 4.0
+    guidance_low: float = 0.0
+    guidance_high: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.output_dir) / self.train.exp_name
+
+
+def _coerce(value: Any, target_type: Any, where: str) -> Any:
+    """Coerce a YAML/JSON value to the annotated field type (best effort, strict on numbers)."""
+    origin = getattr(target_type, "__origin__", None)
+    text = str(target_type)
+    if value is None:
+        return None
+    if target_type is bool or text == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} expects true/false, got {value!r}")
+    if target_type is int or text == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where} expects an integer, got {value!r}")
+        return int(value)
+    if target_type is float or text == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} expects a number, got {value!r}")
+        return float(value)
+    if text.startswith("tuple"):
+        return tuple(float(v) for v in value)
+    if origin is list or text.startswith("list"):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        return list(value)
+    return value
+
+
+def _apply(section_obj: Any, updates: dict[str, Any], prefix: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section_obj)}
+    for key, value in updates.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'; valid keys in '{prefix.rstrip('.')}': {', '.join(fields)}"
+            )
+        setattr(section_obj, key, _coerce(value, fields[key].type, f"{prefix}{key}"))
+
+
+def from_dict(raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Build a RunConfig from a nested dict (unknown keys are errors)."""
+    cfg = base or RunConfig()
+    for section, values in (raw or {}).items():
+        if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
+            raise ConfigError(
+                f"unknown config section '{section}'; valid: {', '.join(f.name for f in dataclasses.fields(cfg))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping")
+        _apply(getattr(cfg, section), values, f"{section}.")
+    return cfg
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _preset_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml", ".json") and p.exists():
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    raise ConfigError(
+        f"config '{name_or_path}' not found: give a YAML path or one of the presets {', '.join(available_presets())}"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"override key '{key}' must be section.key (e.g. train.batch_size=256)")
+    return parts, yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a preset (name or YAML path; None = the embedded default) plus dotted overrides."""
+    cfg = RunConfig()
+    if preset is not None:
+        path = _preset_path(preset)
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        cfg = from_dict(raw, cfg)
+    for text in overrides or []:
+        (section, key), value = parse_override(text)
+        cfg = from_dict({section: {key: value}}, cfg)
+    return cfg
+
+
+def config_from_json(path: str | Path) -> RunConfig:
+    return from_dict(json.loads(Path(path).read_text()))

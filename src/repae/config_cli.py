@@ -1,0 +1,19 @@
+"""`repae config`: print the resolved configuration of a preset with overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from repae.config import available_presets, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help=f"preset name ({', '.join(available_presets())}) or YAML path")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=256")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    print(json.dumps(cfg.to_dict(), indent=2, default=str))
+    return 0

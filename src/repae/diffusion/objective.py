@@ -1,0 +1,121 @@
+"""The flow-matching objective: draw ``t`` and noise, build ``x_t`` and the velocity target (spec 2.8).
+
+No model lives here (SiT ``transport`` / EDM2 ``EDM2Loss`` style): the training step calls::
+
+    fm = FlowMatching(get_path("linear"), get_time_sampler("uniform", "linear"))
+    nb = fm.draw(x0)                                   # NoisedBatch(t [B], noise, x_t, target)
+    pred = model(nb.x_t, nb.t, y).prediction
+    loss = fm.loss(pred, nb.target).mean()             # per-sample MSE [B] -> scalar
+
+REPA-E draws ``t`` and ``eps`` once in the VAE-alignment pass and **reuses** them in the SiT pass
+(spec 1.3 step I, 11.4): ``fm.draw(z2, t=nb.t, noise=nb.noise)``. ``x_0`` is the *normalised*
+latent. Time comes from the CPU RNG (or ``generator``), noise from ``x_0``'s device RNG (or
+``generator``, drawn on its device and moved), as in the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from repae.diffusion.paths import LinearPath, Path, get_path
+from repae.diffusion.timesteps import TimeSampler, UniformTime, get_time_sampler
+
+__all__ = ["NoisedBatch", "FlowMatching", "per_sample_mse", "fp32_region"]
+
+
+def fp32_region(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context that disables autocast on ``device`` so a loss is computed in float32."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def per_sample_mse(prediction: Tensor, target: Tensor) -> Tensor:
+    """Per-sample mean over all non-batch dims of ``(prediction - target)^2``, in float32 (spec 2.8 step 8).
+
+    No time-dependent weighting (REPA-E's ``weighting`` flag only changes time sampling).
+    ``[B, C, h, w], [B, C, h, w] -> [B]``.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ; "
+            f"the model must output as many channels as the latent has"
+        )
+    with fp32_region(prediction.device):
+        err = (prediction.float() - target.float()) ** 2  # [B, C, h, w]
+        return err.reshape(err.shape[0], -1).mean(dim=1)  # [B]
+
+
+@dataclass
+class NoisedBatch:
+    """One draw of the forward process for a batch ``x_0`` ``[B, C, h, w]``.
+
+    ``t`` ``[B]`` float32; ``noise``, ``x_t`` and ``target`` ``[B, C, h, w]`` (``x_t`` and
+    ``target`` in the promotion of ``x_0``'s dtype with float32).
+    """
+
+    t: Tensor
+    noise: Tensor
+    x_t: Tensor
+    target: Tensor
+
+
+class FlowMatching:
+    """Velocity-prediction flow matching on a :class:`~repae.diffusion.paths.Path` (spec 2.8)."""
+
+    def __init__(self, path: Path | None = None, time_sampler: TimeSampler | None = None):
+        self.path = path if path is not None else LinearPath()  # interpolant (default linear)
+        self.time_sampler = time_sampler if time_sampler is not None else UniformTime()  # (default uniform)
+
+    @classmethod
+    def from_names(cls, *, path: str = "linear", time_sampler: str = "uniform") -> "FlowMatching":
+        """Build from registry names, e.g. ``from_names(path="linear", time_sampler="lognormal")``."""
+        return cls(get_path(path), get_time_sampler(time_sampler, path))
+
+    def draw(
+        self,
+        x0: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> NoisedBatch:
+        """Sample (or reuse) ``t`` and ``eps``; return ``x_t`` and the velocity target.
+
+        Args:
+            x0: normalised clean latents ``[B, C, h, w]``.
+            generator: optional RNG for both draws (time first, then noise).
+            t: reuse these times (``[B]`` or ``[B, 1, 1, 1]``) instead of drawing.
+            noise: reuse this noise (``x0``'s shape) instead of drawing.
+        """
+        B = x0.shape[0]
+        if t is None:
+            t = self.time_sampler.sample(B, generator=generator, device=x0.device)  # [B]
+        else:
+            if t.numel() != B:
+                raise ValueError(f"reused t has {t.numel()} entries for a batch of {B}")
+            t = t.reshape(B).to(device=x0.device, dtype=torch.float32)  # [B]
+        if noise is None:
+            if generator is None:
+                noise = torch.randn_like(x0)  # [B, C, h, w]
+            else:
+                noise = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
+                noise = noise.to(x0.device)  # [B, C, h, w]
+        else:
+            if noise.shape != x0.shape:
+                raise ValueError(f"reused noise {tuple(noise.shape)} does not match x0 {tuple(x0.shape)}")
+            noise = noise.to(device=x0.device, dtype=x0.dtype)  # [B, C, h, w]
+        x_t = self.path.interpolate(x0, noise, t)  # [B, C, h, w]
+        target = self.path.velocity_target(x0, noise, t)  # [B, C, h, w]
+        return NoisedBatch(t=t, noise=noise, x_t=x_t, target=target)
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Per-sample denoising loss ``[B]`` (mean squared velocity error over C, h, w; fp32)."""
+        return per_sample_mse(prediction, target)
+
+    def __repr__(self) -> str:
+        return f"FlowMatching(path={self.path!r}, time_sampler={self.time_sampler!r})"
