@@ -7,7 +7,9 @@ import socket
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: tiny test shapes gain nothing from more, and oversubscribed OpenMP threads on a busy
+# 2-core machine slow small ops down by an order of magnitude.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

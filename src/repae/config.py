@@ -39,6 +39,7 @@ class TokenizerConfig:
     weights: str | None = None  # diffusers folder / safetensors / LDM .pt; None = random init
     stats: str | None = None  # JSON {mean, std} initialising the latent normaliser
     bn_momentum: float = 0.1  # momentum of the latent BatchNorm (spec 2.6)
+    stats_images: int = 512  # without `stats`: images whose posterior samples initialise the normaliser
 
 
 @dataclass
@@ -160,6 +161,11 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
             raise ConfigError(f"{where} expects an integer, got {value!r}")
         return int(value)
     if target_type is float or text == "float":
+        if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} expects a number, got {value!r}")
         return float(value)

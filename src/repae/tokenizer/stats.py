@@ -53,6 +53,7 @@ def compute_latent_stats(
     max_images: int | None = None,
     progress: bool = True,
     seed: int = 0,
+    sync: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (mean [C], std [C]) of raw latents over ``images_iterable``.
 
@@ -64,13 +65,18 @@ def compute_latent_stats(
         max_images: stop after this many images in total (split evenly across processes).
         progress: show a tqdm bar (rank 0 only).
         seed: seed of the posterior-sampling generator (offset by rank), for reproducibility.
+        sync: pool the statistics over processes (each rank passing its own shard). ``None``: when
+            torch.distributed is initialised. ``False``: this process alone, no rank offset — every
+            rank passing the same images then gets the same result as a 1-process run.
 
     Returns:
         float32 (mean, std) with std the population standard deviation (biased), on CPU.
     """
     from tqdm.auto import tqdm
 
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    if sync is None:
+        sync = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if sync else (0, 1)
     device = next(tokenizer.parameters()).device
     limit = None if max_images is None else math.ceil(max_images / world)
     gen = torch.Generator(device=device).manual_seed(seed + rank)

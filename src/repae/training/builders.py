@@ -1,0 +1,126 @@
+"""Build and validate everything a run needs from a :class:`~repae.config.RunConfig`.
+
+``validate_config`` and the builders raise :class:`~repae.errors.ConfigError` /
+:class:`~repae.errors.MissingWeightsError` before any training step, with one line naming the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from repae.config import RunConfig
+from repae.errors import ConfigError
+from repae.training.recipes import Recipe, get_recipe
+
+
+def validate_config(cfg: RunConfig) -> Recipe:
+    """Cheap checks that need no weights (run first, before anything is built)."""
+    from repae.models.sit import SIT_PRESETS
+    from repae.tokenizer.vae import get_vae_config
+
+    recipe = get_recipe(cfg.train.recipe)
+    vae_cfg = get_vae_config(cfg.tokenizer.preset)
+    if cfg.model.preset not in SIT_PRESETS:
+        raise ConfigError(f"unknown SiT preset '{cfg.model.preset}'; choose one of: {', '.join(SIT_PRESETS)}")
+    preset = SIT_PRESETS[cfg.model.preset]
+    depth, patch = preset["depth"], preset["patch_size"]
+    factor = vae_cfg.downsample_factor * patch
+    if cfg.data.resolution % factor:
+        raise ConfigError(
+            f"data.resolution={cfg.data.resolution} is not divisible by VAE factor x patch = "
+            f"{vae_cfg.downsample_factor} x {patch}; pick a resolution that is a multiple of {factor}"
+        )
+    needs_align = recipe.sit_align or recipe.vae_align
+    if needs_align and not 1 <= cfg.model.encoder_depth <= depth:
+        raise ConfigError(
+            f"model.encoder_depth={cfg.model.encoder_depth} but {cfg.model.preset} has {depth} blocks; "
+            f"set model.encoder_depth between 1 and {depth}"
+        )
+    if needs_align and not cfg.align.encoders:
+        raise ConfigError(f"recipe '{cfg.train.recipe}' aligns to an encoder: set align.encoders (e.g. [repae-vit-t4])")
+    if cfg.align.encoder_weights and len(cfg.align.encoder_weights) != len(cfg.align.encoders):
+        raise ConfigError("align.encoder_weights must list one path (or null) per entry of align.encoders")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise ConfigError("train.batch_size must be divisible by train.grad_accum")
+    if recipe.cached_latents and not cfg.data.latents:
+        raise ConfigError("recipe 'ldm' trains on cached latents: set data.latents (made by `repae cache-latents`)")
+    return recipe
+
+
+def build_tokenizer_arch(cfg: RunConfig):
+    """The tokenizer architecture with random weights (checkpoints fill it)."""
+    from repae.tokenizer.tokenizer import Tokenizer
+
+    return Tokenizer.from_preset(cfg.tokenizer.preset, momentum=cfg.tokenizer.bn_momentum)
+
+
+def build_tokenizer(cfg: RunConfig, recipe: Recipe):
+    """Tokenizer with weights (unless the recipe starts from scratch) and normaliser statistics."""
+    from repae.tokenizer.tokenizer import Tokenizer
+
+    weights = None if recipe.vae_random_init else cfg.tokenizer.weights
+    if weights and Path(weights).is_dir() and (Path(weights) / "latent_stats.json").exists():
+        tok = Tokenizer.from_pretrained(weights)
+        tok.normalizer.momentum = cfg.tokenizer.bn_momentum
+        has_stats = True
+    else:
+        tok = Tokenizer.from_preset(cfg.tokenizer.preset, weights=weights, momentum=cfg.tokenizer.bn_momentum)
+        has_stats = False
+    if cfg.tokenizer.stats:
+        stats = json.loads(Path(cfg.tokenizer.stats).read_text())
+        import torch
+
+        tok.normalizer.set_statistics(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+        has_stats = True
+    return tok, has_stats
+
+
+def encoder_weights(cfg: RunConfig) -> list[str | None]:
+    return list(cfg.align.encoder_weights) or [None] * len(cfg.align.encoders)
+
+
+def build_encoders(cfg: RunConfig, device, *, random_init: bool = False) -> list:
+    """Frozen alignment encoders; ``random_init`` builds the real architectures with random
+    weights (benchmarks only — the features are meaningless)."""
+    from repae.encoders import build_encoder, load_encoder
+
+    if random_init:
+        return [build_encoder(name, resolution=cfg.data.resolution, device=device) for name in cfg.align.encoders]
+    return [
+        load_encoder(name, weights=w, resolution=cfg.data.resolution, device=device)
+        for name, w in zip(cfg.align.encoders, encoder_weights(cfg))
+    ]
+
+
+def encoder_dims(cfg: RunConfig) -> tuple[int, ...]:
+    from repae.encoders import encoder_spec
+
+    return tuple(encoder_spec(name).embed_dim for name in cfg.align.encoders)
+
+
+def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
+    from repae.models.sit import build_sit
+
+    channels, h, _ = tokenizer.latent_shape(cfg.data.resolution)
+    return build_sit(
+        cfg.model.preset,
+        input_size=h,
+        in_channels=channels,
+        num_classes=cfg.model.num_classes,
+        z_dims=z_dims,
+        encoder_depth=cfg.model.encoder_depth,
+        class_dropout_prob=cfg.model.class_dropout_prob,
+        qk_norm=cfg.model.qk_norm,
+    )
+
+
+def check_token_counts(cfg: RunConfig, sit, encoders) -> None:
+    tokens = sit.num_tokens if hasattr(sit, "num_tokens") else (sit.config.input_size // sit.config.patch_size) ** 2
+    for name, enc in zip(cfg.align.encoders, encoders):
+        n = enc.num_tokens(cfg.data.resolution)
+        if n != tokens:
+            raise ConfigError(
+                f"encoder '{name}' gives {n} tokens at {cfg.data.resolution}px but {cfg.model.preset} has {tokens}; "
+                "choose the SiT patch size (or VAE) so the token grids match"
+            )

@@ -1,0 +1,113 @@
+"""Process set-up for one code path from a CPU laptop to multi-node GPUs.
+
+Multi-process runs go through ``torch.distributed`` + ``DistributedDataParallel`` (gloo on CPU,
+NCCL on GPUs). Launch with ``torchrun --nproc_per_node N -m repae.cli train ...`` or
+``accelerate launch -m repae.cli train ...``; both set RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR, which :func:`setup_distributed` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Engine:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mixed_precision: str  # no | bf16 | fp16
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        """Autocast context for forwards; fp32 islands (normaliser, losses) opt out themselves."""
+        if self.mixed_precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DDP-wrap a trainable module when running several processes."""
+        if not self.distributed:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        with warnings.catch_warnings():  # torch >= 2.14 renames the flag; the old one works on all versions
+            warnings.simplefilter("ignore", FutureWarning)
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+    def mean_scalars(self, values: dict[str, float]) -> dict[str, float]:
+        """Average a dict of python floats over processes in ONE collective (style guide 17)."""
+        if not values:
+            return {}
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self._coll_device)
+        if self.distributed:
+            dist.all_reduce(t)
+            t /= self.world_size
+        return dict(zip(keys, t.tolist()))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    @property
+    def _coll_device(self) -> torch.device:
+        return self.device if (self.distributed and dist.get_backend() == "nccl") else torch.device("cpu")
+
+
+def setup_distributed(mixed_precision: str = "no", *, device: str | None = None) -> Engine:
+    """Initialise torch.distributed from the launcher's environment (no-op for one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if world > 1:
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        from repae.errors import ConfigError
+
+        raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{mixed_precision}'")
+    return Engine(rank=rank, world_size=world, local_rank=local_rank, device=dev, mixed_precision=mixed_precision)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Strip DDP and torch.compile wrappers."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, micro-batch): per-step reseeding (EDM2)
+    makes a resumed run bit-identical to an uninterrupted one and the draws independent of the
+    number of processes (each rank slices the global draw)."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1))
+    return g

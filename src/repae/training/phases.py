@@ -1,0 +1,206 @@
+"""The REPA-E training step as named phases with explicit gradient routing.
+
+REPA-E (Leng et al. 2025, section 4; spec-repae.md 1.3) updates three networks from one VAE
+forward, in this order: VAE -> discriminator -> SiT -> EMA. The routing rules, written once
+here as code (never as ``requires_grad`` toggles on shared modules):
+
+* VAE phase: ``L_REG + lambda_v * REPA``; the REPA term goes through the *frozen* SiT — called
+  with ``torch.func.functional_call`` on detached parameters, so the gradient reaches the latent
+  ``z`` (and the VAE) but never the SiT weights — and through the normaliser in eval mode
+  (running statistics, no update). Label dropout is off in this pass.
+* Discriminator phase: hinge loss on the reconstruction computed before the VAE update,
+  detached (inside the loss module).
+* SiT phase: flow-matching loss + ``lambda_g * REPA`` on ``z.detach()`` (stop-gradient: the
+  diffusion loss never reaches the VAE), reusing the VAE phase's ``t`` and noise; the normaliser
+  uses and updates batch statistics; label dropout on.
+
+All randomness of a step (posterior noise, t, diffusion noise, label-drop mask) is drawn for the
+*global* batch from a generator seeded by (seed, step, micro-batch) and sliced to the rank's
+part (:class:`StepRandomness`), so runs are independent of the number of processes and resume
+bit-exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from repae.conventions import uint8_to_unit
+from repae.losses.alignment import repa_loss
+from repae.tokenizer.vae import DiagonalGaussian
+from repae.training.recipes import Recipe
+
+
+# --- modules that wrap the networks for one DDP forward each ------------------------------------
+
+
+class VAEForward(nn.Module):
+    """Encode, sample the posterior with given noise, decode (spec 1.3 step C)."""
+
+    def __init__(self, tokenizer: nn.Module):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        posterior = self.tokenizer.encode(x)
+        z = posterior.mean + posterior.std * eps  # [b, C, h, w] posterior sample, fp32
+        recon = self.tokenizer.decode(z)  # [b, 3, H, W]
+        return posterior.mean, posterior.logvar, z, recon
+
+
+class AlignedSiT(nn.Module):
+    """SiT plus its REPA projectors as one module: ``(x_t, t, y) -> (prediction, projections)``."""
+
+    def __init__(self, sit: nn.Module):
+        super().__init__()
+        self.sit = sit
+
+    def forward(self, x_t, t, y, *, align_depth: int | None = None, stop_at_hidden: bool = False):
+        out = self.sit(x_t, t, y, hidden_at=align_depth, stop_at_hidden=stop_at_hidden)
+        projections = self.sit.project(out.hidden) if align_depth else []  # list of [b, T, D_enc]
+        return out.prediction, projections
+
+
+class DiscriminatorLoss(nn.Module):
+    """The discriminator's hinge loss as one forward (real and fake inside) for DDP."""
+
+    def __init__(self, lreg: nn.Module):
+        super().__init__()
+        self.lreg = lreg
+
+    def forward(self, x, x_hat, step: int):
+        out = self.lreg.discriminator_loss(x, x_hat, step)
+        return out.loss, out.metrics
+
+
+def frozen_call(module: nn.Module, *args, **kwargs):
+    """Run ``module`` with its parameters detached: gradients flow to the inputs only.
+
+    This is how the VAE-alignment pass sees a frozen SiT without touching ``requires_grad``
+    of the live model (spec 11.3: the SiT must receive no 1.5 x REPA gradient).
+    """
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return functional_call(module, params, args, kwargs, strict=False)
+
+
+# --- randomness of one step ------------------------------------------------------------------
+
+
+@dataclass
+class StepRandomness:
+    posterior_eps: torch.Tensor  # [b, C, h, w]
+    t: torch.Tensor  # [b]
+    noise: torch.Tensor  # [b, C, h, w]
+    drop: torch.Tensor  # [b] bool, label dropped to the null class
+
+    @classmethod
+    def draw(cls, *, generator: torch.Generator, global_batch: int, rows: slice, latent_shape, time_sampler,
+             drop_prob: float, device) -> "StepRandomness":
+        shape = (global_batch, *latent_shape)
+        eps = torch.randn(shape, generator=generator)  # [B, C, h, w]
+        t = time_sampler.sample(global_batch, generator=generator)  # [B]
+        noise = torch.randn(shape, generator=generator)  # [B, C, h, w]
+        drop = torch.rand(global_batch, generator=generator) < drop_prob  # [B]
+        return cls(eps[rows].to(device), t[rows].to(device), noise[rows].to(device), drop[rows].to(device))
+
+
+# --- phase outputs -----------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseOutput:
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class VAEPhaseOutput(PhaseOutput):
+    z: torch.Tensor | None = None  # raw posterior sample (attached to the VAE graph)
+    recon: torch.Tensor | None = None
+
+
+@dataclass
+class PhaseContext:
+    """Everything a phase needs besides the batch (built once by the trainer)."""
+
+    recipe: Recipe
+    tokenizer: nn.Module  # unwrapped Tokenizer (owns .normalizer)
+    vae_forward: nn.Module | None  # VAEForward, possibly DDP-wrapped
+    sit: nn.Module  # AlignedSiT, possibly DDP-wrapped
+    sit_unwrapped: AlignedSiT
+    objective: object  # repae.diffusion.objective.FlowMatching
+    lreg: nn.Module | None  # VAERegularizationLoss (unwrapped)
+    disc_loss: nn.Module | None  # DiscriminatorLoss, possibly DDP-wrapped
+    encoder_depth: int
+    proj_coeff: float
+    vae_align_coeff: float
+    num_classes: int
+
+
+# --- phases --------------------------------------------------------------------------------------
+
+
+def encode_frozen(ctx: PhaseContext, images: torch.Tensor, rnd: StepRandomness,
+                  moments: torch.Tensor | None = None) -> torch.Tensor:
+    """Frozen-VAE recipes: a posterior sample without any graph (spec 8, REPA baseline), from the
+    images or, for the `ldm` recipe, from cached moments [b, 2C, h, w] (spec 7.3)."""
+    with torch.no_grad():
+        if moments is not None:
+            mean, std = moments.float().chunk(2, dim=1)  # each [b, C, h, w]
+        else:
+            posterior = ctx.tokenizer.encode(uint8_to_unit(images))
+            mean, std = posterior.mean, posterior.std
+        return mean + std * rnd.posterior_eps  # [b, C, h, w]
+
+
+def vae_phase(ctx: PhaseContext, images, labels, targets, rnd: StepRandomness, step: int) -> VAEPhaseOutput:
+    """L_REG + lambda_v * REPA through the frozen SiT (spec 1.3 steps C-F)."""
+    x = uint8_to_unit(images)  # [b, 3, H, W] in [-1, 1]
+    mean, logvar, z, recon = ctx.vae_forward(x, rnd.posterior_eps)
+    loss = z.new_zeros(())
+    metrics: dict[str, torch.Tensor] = {}
+    if ctx.recipe.l_reg:
+        posterior = DiagonalGaussian(torch.cat([mean, logvar], dim=1))
+        out = ctx.lreg.generator_loss(x, recon, posterior, step)
+        loss = loss + out.loss
+        metrics.update(out.metrics)
+    if ctx.recipe.vae_align:
+        z_n = ctx.tokenizer.normalizer.normalize(z, update=False)  # running statistics, no update
+        noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
+        _, projections = frozen_call(
+            ctx.sit_unwrapped, noised.x_t, noised.t, labels, align_depth=ctx.encoder_depth, stop_at_hidden=True
+        )
+        align = repa_loss(projections, targets)
+        loss = loss + ctx.vae_align_coeff * align
+        metrics["vae_align_loss"] = align.detach()
+    metrics["vae_loss"] = loss.detach()
+    return VAEPhaseOutput(loss=loss, metrics=metrics, z=z, recon=recon)
+
+
+def discriminator_phase(ctx: PhaseContext, images, recon: torch.Tensor, step: int) -> PhaseOutput:
+    """Hinge loss on real vs the pre-update reconstruction (spec 1.3 step H, 4.6)."""
+    x = uint8_to_unit(images)
+    loss, metrics = ctx.disc_loss(x, recon.detach(), step)
+    return PhaseOutput(loss=loss, metrics={k: v.detach() for k, v in metrics.items()})
+
+
+def sit_phase(ctx: PhaseContext, z: torch.Tensor, labels, targets, rnd: StepRandomness) -> PhaseOutput:
+    """Flow matching + lambda_g * REPA on the (by default detached) latent (spec 1.3 step I)."""
+    z_in = z.detach() if ctx.recipe.stop_grad else z  # the stop-gradient of REPA-E
+    z_n = ctx.tokenizer.normalizer.normalize(z_in, update=ctx.recipe.update_normalizer)  # [b, C, h, w]
+    noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
+    y = torch.where(rnd.drop, torch.full_like(labels, ctx.num_classes), labels)  # CFG label dropout
+    depth = ctx.encoder_depth if ctx.recipe.sit_align else None
+    prediction, projections = ctx.sit(noised.x_t, noised.t, y, align_depth=depth)
+    denoising = ctx.objective.loss(prediction, noised.target).mean()
+    loss = denoising
+    metrics = {"denoising_loss": denoising.detach()}
+    if ctx.recipe.sit_align:
+        proj = repa_loss(projections, targets)
+        loss = loss + ctx.proj_coeff * proj
+        metrics["proj_loss"] = proj.detach()
+    metrics["sit_loss"] = loss.detach()
+    return PhaseOutput(loss=loss, metrics=metrics)

@@ -1,0 +1,421 @@
+"""One trainer for every recipe (REPA-E, REPA, vanilla, naive end-to-end, ablations, LDM).
+
+Usage::
+
+    from repae.config import load_config
+    from repae.training.trainer import Trainer
+    Trainer(load_config("tiny-fmnist", ["train.max_steps=50"])).fit()
+
+The loop counts optimisation steps; every step draws its randomness from a generator seeded by
+(seed, step) (:func:`repae.training.engine.step_generator`) and the data sampler position is
+checkpointed, so a resumed run is bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from repae.config import RunConfig
+from repae.errors import ConfigError
+from repae.training import phases
+from repae.training.builders import (
+    build_encoders,
+    build_sit_for,
+    build_tokenizer,
+    check_token_counts,
+    encoder_dims,
+    validate_config,
+)
+from repae.training.checkpoint import latest_checkpoint, read_checkpoint, restore_optimizers, save_checkpoint
+from repae.training.ema import EMA
+from repae.training.engine import setup_distributed, step_generator
+from repae.utils.io import atomic_path, write_json
+
+log = logging.getLogger("repae.train")
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, engine=None, random_encoders: bool = False, dataset=None):
+        self.cfg = cfg
+        self.recipe = validate_config(cfg)  # cheap checks first: fail before anything is built
+        self.engine = engine or setup_distributed(cfg.train.mixed_precision)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if self.engine.device.type == "cuda" and cfg.train.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if cfg.train.batch_size % (self.engine.world_size * cfg.train.grad_accum):
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} must be divisible by processes x grad_accum "
+                f"= {self.engine.world_size} x {cfg.train.grad_accum}"
+            )
+        self.step = 0
+        self._random_encoders = random_encoders  # benchmarks: real architectures, random weights
+        self._dataset = dataset  # optional in-memory dataset (benchmarks); default: cfg.data.source
+        self._sampler = None
+        self._build()
+
+    # --- construction --------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg, recipe, dev = self.cfg, self.recipe, self.engine.device
+        torch.manual_seed(cfg.train.seed)  # model initialisation is identical on every rank
+        self.encoders = build_encoders(cfg, dev, random_init=self._random_encoders) if (recipe.sit_align or recipe.vae_align) else []
+        self.z_dims = encoder_dims(cfg) if self.encoders else ()
+        self.tokenizer, has_stats = build_tokenizer(cfg, recipe)
+        self.tokenizer.to(dev)
+        self.sit = build_sit_for(cfg, self.tokenizer, z_dims=self.z_dims).to(dev)
+        check_token_counts(cfg, self.sit, self.encoders)
+        self.latent_shape = self.tokenizer.latent_shape(cfg.data.resolution)
+
+        from repae.diffusion.objective import FlowMatching
+        from repae.diffusion.paths import get_path
+        from repae.diffusion.timesteps import get_time_sampler
+
+        if self._dataset is None:
+            from repae.data import build_dataset
+        self.objective = FlowMatching(get_path(cfg.diffusion.path),
+                                      get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path))
+        self.dataset = self._dataset if self._dataset is not None else build_dataset(
+            cfg.data.source, resolution=cfg.data.resolution, split="train")
+        if recipe.cached_latents:
+            from repae.data.cache_cli import CachedLatentDataset
+
+            self.dataset = CachedLatentDataset(self.dataset, cfg.data.latents)
+            if tuple(self.dataset.meta["latent_shape"]) != tuple(self.latent_shape):
+                raise ConfigError(
+                    f"cached latents have shape {self.dataset.meta['latent_shape']} but the tokenizer gives "
+                    f"{list(self.latent_shape)}: cache with the same VAE and resolution"
+                )
+        if not has_stats:
+            self._init_normalizer_from_data()
+
+        self.lreg = None
+        if recipe.l_reg:
+            from repae.losses.regularization import VAERegularizationLoss
+
+            lc = cfg.loss
+            self.lreg = VAERegularizationLoss(
+                reconstruction_weight=lc.reconstruction_weight, perceptual=lc.perceptual,
+                perceptual_weight=lc.perceptual_weight, kl_weight=lc.kl_weight, disc_weight=lc.disc_weight,
+                disc_start=lc.disc_start, lecam_weight=lc.lecam_weight, adaptive_disc_weight=lc.adaptive_disc_weight,
+                vgg_weights=lc.vgg_weights, disc_weights=lc.disc_weights,
+            ).to(dev)
+        if not recipe.train_vae:
+            self.tokenizer.requires_grad_(False)
+
+        self.aligned = phases.AlignedSiT(self.sit)
+        self.ema = EMA(model=self.sit, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
+        wrap = self.engine.wrap
+        self.sit_ddp = wrap(self.aligned)
+        self.vae_ddp = wrap(phases.VAEForward(self.tokenizer)) if recipe.train_vae else None
+        self.disc_ddp = wrap(phases.DiscriminatorLoss(self.lreg)) if self.lreg is not None else None
+        if cfg.train.compile:
+            self.sit_ddp = torch.compile(self.sit_ddp)
+            if self.vae_ddp is not None:
+                self.vae_ddp = torch.compile(self.vae_ddp)
+
+        oc = cfg.optim
+        adam = dict(betas=tuple(oc.betas), weight_decay=oc.weight_decay, eps=oc.eps)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "opt_sit": torch.optim.AdamW([p for p in self.sit.parameters() if p.requires_grad], lr=oc.lr, **adam)
+        }
+        if recipe.train_vae:
+            self.optimizers["opt_vae"] = torch.optim.AdamW(self.tokenizer.vae.parameters(), lr=oc.vae_lr, **adam)
+        if self.lreg is not None:
+            self.optimizers["opt_disc"] = torch.optim.AdamW(self.lreg.discriminator.parameters(), lr=oc.disc_lr, **adam)
+        self.scaler = torch.amp.GradScaler(self.engine.device.type, enabled=self.engine.mixed_precision == "fp16")
+
+        self.ctx = phases.PhaseContext(
+            recipe=recipe, tokenizer=self.tokenizer, vae_forward=self.vae_ddp, sit=self.sit_ddp,
+            sit_unwrapped=self.aligned, objective=self.objective, lreg=self.lreg, disc_loss=self.disc_ddp,
+            encoder_depth=cfg.model.encoder_depth, proj_coeff=cfg.align.proj_coeff,
+            vae_align_coeff=cfg.align.vae_align_coeff, num_classes=cfg.model.num_classes,
+        )
+
+    @property
+    def sampler(self):
+        """Deterministic, resumable, rank-sharded order over the dataset (built on first use)."""
+        if self._sampler is None:
+            from repae.data import ResumableSampler
+
+            self._sampler = ResumableSampler(len(self.dataset), batch_size=self.local_batch,
+                                             seed=self.cfg.train.seed, rank=self.engine.rank,
+                                             world_size=self.engine.world_size)
+            if self._sampler.batches_per_epoch() == 0:
+                raise ConfigError(f"the dataset has {len(self.dataset)} images, fewer than one global batch of "
+                                  f"{self.cfg.train.batch_size}: lower train.batch_size")
+        return self._sampler
+
+    @property
+    def local_batch(self) -> int:
+        return self.cfg.train.batch_size // self.engine.world_size
+
+    def _data_position(self) -> dict:
+        """Where the data stream stands after ``self.step`` global batches (prefetch-proof)."""
+        epoch, position = divmod(self.step, self.sampler.batches_per_epoch())
+        return {"epoch": epoch, "position": position, "seed": self.cfg.train.seed}
+
+    @torch.no_grad()
+    def _init_normalizer_from_data(self) -> None:
+        """No statistics given: initialise the latent BatchNorm from posterior samples of the data
+        (the role of the `-latents-stats.pt` files, spec 3.6)."""
+        from repae.tokenizer.stats import compute_latent_stats
+
+        n = min(self.cfg.tokenizer.stats_images, len(self.dataset))
+        g = torch.Generator().manual_seed(self.cfg.train.seed)
+        idx = torch.randperm(len(self.dataset), generator=g)[:n].tolist()
+        batches = (torch.stack([self.dataset[i][0] for i in idx[s:s + 64]]).to(self.engine.device)
+                   for s in range(0, n, 64))
+        # every rank encodes the same images with the same seed (sync=False): the statistics do not
+        # depend on the number of processes
+        mean, std = compute_latent_stats(self.tokenizer, batches, progress=False, seed=self.cfg.train.seed,
+                                         sync=False)
+        self.tokenizer.normalizer.set_statistics(mean, std)
+
+    # --- one step --------------------------------------------------------------------------------
+
+    def _clip_step(self, name: str, params) -> torch.Tensor:
+        opt = self.optimizers[name]
+        self.scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(list(params), self.cfg.optim.max_grad_norm)
+        self.scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.cfg.train.grad_accum).backward()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, moments: torch.Tensor | None = None
+                   ) -> dict[str, float]:
+        """One optimisation step on this rank's part of the global batch (uint8 images, labels and,
+        for the `ldm` recipe, cached posterior moments [b, 2C, h, w])."""
+        cfg, recipe, eng = self.cfg, self.recipe, self.engine
+        accum = cfg.train.grad_accum
+        local = images.shape[0] // accum
+        global_micro = cfg.train.batch_size // accum
+        rows = slice(eng.rank * local, (eng.rank + 1) * local)
+        micro = []
+        for m in range(accum):
+            imgs = images[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
+            ys = labels[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
+            mom = None if moments is None else moments[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
+            rnd = phases.StepRandomness.draw(
+                generator=step_generator(cfg.train.seed, self.step, m), global_batch=global_micro, rows=rows,
+                latent_shape=self.latent_shape, time_sampler=self.objective.time_sampler,
+                drop_prob=cfg.model.class_dropout_prob, device=eng.device,
+            )
+            with torch.no_grad(), eng.autocast():
+                targets = [enc(imgs).float() for enc in self.encoders]  # each [b, N, D_enc]
+            micro.append((imgs, ys, targets, rnd, mom))
+
+        metrics: dict[str, torch.Tensor] = {}
+
+        def add(out):
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v.float() / accum
+
+        vae_params = list(self.tokenizer.vae.parameters())
+        sit_params = [p for p in self.sit.parameters() if p.requires_grad]
+        self.tokenizer.train()
+        self.sit.train()
+        if recipe.train_vae and recipe.stop_grad:
+            # REPA-E order (spec 1.3): VAE step -> discriminator step -> SiT step, one VAE forward.
+            stash = []
+            for imgs, ys, targets, rnd, _ in micro:
+                with eng.autocast():
+                    out = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
+                self._backward(out.loss)
+                add(out)
+                stash.append((out.z.detach(), out.recon.detach()))
+            metrics["grad_norm_vae"] = self._clip_step("opt_vae", vae_params)
+            if self.lreg is not None:
+                for (imgs, *_), (_, recon) in zip(micro, stash):
+                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step)
+                    self._backward(out.loss)
+                    add(out)
+                metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
+            for (imgs, ys, targets, rnd, _), (z, _) in zip(micro, stash):
+                with eng.autocast():
+                    out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
+                self._backward(out.loss)
+                add(out)
+            metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
+        elif recipe.train_vae:
+            # No stop-gradient (naive end-to-end / ablation): one backward through both losses.
+            recons = []
+            for imgs, ys, targets, rnd, _ in micro:
+                with eng.autocast():
+                    vout = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
+                    sout = phases.sit_phase(self.ctx, vout.z, ys, targets, rnd)
+                self._backward(vout.loss + sout.loss)
+                add(vout)
+                add(sout)
+                recons.append(vout.recon.detach())
+            metrics["grad_norm_vae"] = self._clip_step("opt_vae", vae_params)
+            metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
+            if self.lreg is not None:
+                for (imgs, *_), recon in zip(micro, recons):
+                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step)
+                    self._backward(out.loss)
+                    add(out)
+                metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
+        else:
+            # Frozen VAE (REPA / vanilla / LDM): only the SiT learns.
+            for imgs, ys, targets, rnd, mom in micro:
+                z = phases.encode_frozen(self.ctx, imgs, rnd, moments=mom)
+                with eng.autocast():
+                    out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
+                self._backward(out.loss)
+                add(out)
+            metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
+        self.scaler.update()
+        self.ema.update(self.sit, self.tokenizer.normalizer)
+        self.step += 1
+        return {k: float(v) for k, v in metrics.items()}
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        models = {
+            "sit": self.sit.state_dict(),
+            "vae": self.tokenizer.vae.state_dict(),
+            "normalizer": self.tokenizer.normalizer.state_dict(),
+            "ema": self.ema.state_dict(),
+        }
+        if self.lreg is not None:
+            models["disc"] = self.lreg.discriminator.state_dict()
+        return models
+
+    def save(self) -> Path:
+        state = {
+            "step": self.step,
+            "images_seen": self.step * self.cfg.train.batch_size,
+            "sampler": self._data_position(),
+            "scaler": {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in self.scaler.state_dict().items()},
+            "config": self.cfg.to_dict(),
+            "z_dims": list(self.z_dims),
+            "recipe": self.cfg.train.recipe,
+        }
+        return save_checkpoint(self.cfg.run_dir, self.step, models=self.model_state(), optimizers=self.optimizers,
+                               state=state, keep=self.cfg.train.keep_checkpoints)
+
+    def load(self, path: str | Path) -> None:
+        models, opt_tensors, state = read_checkpoint(path)
+        self.sit.load_state_dict(models["sit"])
+        self.tokenizer.vae.load_state_dict(models["vae"])
+        self.tokenizer.normalizer.load_state_dict(models["normalizer"])
+        self.ema.load_state_dict({**{f"model.{k}": v for k, v in models["ema.model"].items()},
+                                  **{f"normalizer.{k}": v for k, v in models["ema.normalizer"].items()}})
+        if self.lreg is not None and "disc" in models:
+            self.lreg.discriminator.load_state_dict(models["disc"])
+        restore_optimizers(self.optimizers, opt_tensors, state)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def _batches(self):
+        """Yield this rank's (images, labels[, moments]) per global batch, from the resumable sampler."""
+        from torch.utils.data import DataLoader
+
+        self.sampler.load_state_dict(self._data_position())
+        loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler, drop_last=False,
+                            num_workers=self.cfg.data.num_workers, pin_memory=self.engine.device.type == "cuda")
+        while True:
+            yield from loader
+
+    def fit(self, max_steps: int | None = None) -> dict[str, float]:
+        cfg, eng = self.cfg, self.engine
+        run_dir = cfg.run_dir
+        if eng.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", cfg.to_dict())
+        if cfg.train.resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+            self.load(ckpt)
+            log.info("resumed from %s (step %d)", ckpt, self.step)
+        total = cfg.train.max_steps if max_steps is None else max_steps
+        writer = self._writer() if eng.is_main else None
+        metrics_file = run_dir / "metrics.jsonl"
+        bar = tqdm(total=total, initial=self.step, disable=not eng.is_main, desc=f"train {cfg.train.recipe}",
+                   unit="step", dynamic_ncols=True)
+        last: dict[str, float] = {}
+        t0, n0 = time.perf_counter(), self.step
+        batches = self._batches()
+        while self.step < total:
+            metrics = self.train_step(*next(batches))
+            if self.step % cfg.train.log_every == 0 or self.step == total:
+                last = eng.mean_scalars(metrics)
+                elapsed = time.perf_counter() - t0
+                ips = (self.step - n0) * cfg.train.batch_size / max(elapsed, 1e-9)
+                last["img_per_s"] = ips
+                if eng.is_main:
+                    with open(metrics_file, "a") as f:
+                        f.write(json.dumps({"step": self.step, **last}) + "\n")
+                    if writer is not None:
+                        for k, v in last.items():
+                            writer.add_scalar(k, v, self.step)
+                    bar.set_postfix(img_s=f"{ips:.1f}", sit=f"{last.get('sit_loss', math.nan):.3f}",
+                                    vae=f"{last.get('vae_loss', math.nan):.3f}")
+            if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
+                if eng.is_main:
+                    self.save()
+                eng.barrier()
+            if eng.is_main and (self.step % cfg.train.sample_every == 0 or self.step == total):
+                self.sample_grid(run_dir / "samples" / f"step-{self.step:07d}.png")
+            bar.update(1)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return last
+
+    def _writer(self):
+        if self.cfg.train.report_to == "none":
+            return None
+        if self.cfg.train.report_to == "wandb":
+            raise ConfigError("train.report_to=wandb: install wandb and log from metrics.jsonl, or use tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.cfg.run_dir / "tensorboard"))
+
+    @torch.no_grad()
+    def generator(self, *, ema: bool = True):
+        """The sampling pipeline on the current weights (EMA SiT + EMA normaliser statistics)."""
+        import copy
+
+        from repae.sampling.generator import Generator
+
+        tok = copy.deepcopy(self.tokenizer).eval()
+        if ema:
+            tok.normalizer.load_state_dict(self.ema.normalizer.state_dict())
+        model = (self.ema.model if ema else self.sit).eval()
+        return Generator(tokenizer=tok, model=model, path=self.cfg.diffusion.path,
+                         num_classes=self.cfg.model.num_classes, resolution=self.cfg.data.resolution)
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> Path:
+        """Class-conditional grid from the EMA model (fixed seeds, so grids are comparable)."""
+        from torchvision.utils import make_grid
+        from PIL import Image
+
+        sc = self.cfg.sample
+        n = sc.num_images
+        labels = torch.arange(n) % self.cfg.model.num_classes
+        images = self.generator()(labels.to(self.engine.device), sampler=sc.sampler, num_steps=sc.num_steps,
+                                  cfg_scale=sc.cfg_scale, guidance_interval=(sc.guidance_low, sc.guidance_high),
+                                  seeds=list(range(n)))
+        grid = make_grid(images.cpu(), nrow=int(round(math.sqrt(n))), padding=2)  # [3, H', W'] uint8
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        self.sit.train()
+        return path
+

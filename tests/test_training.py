@@ -1,0 +1,171 @@
+"""Trainer tests: gradient routing per phase and recipe, losses decrease, exact resume,
+bad configs fail before training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repae.config import load_config
+from repae.errors import ConfigError, MissingWeightsError
+from repae.training import phases
+from repae.training.trainer import Trainer
+
+TINY = [
+    "data.source=embedded",
+    "align.encoders=[repae-vit-t4]",
+    "model.preset=SiT-T/1", "tokenizer.stats_images=32",
+    "model.encoder_depth=2",
+    "train.batch_size=8",
+    "train.report_to=none",
+    "train.log_every=1",
+    "train.checkpoint_every=1000",
+    "train.sample_every=1000",
+    "sample.num_images=4",
+    "sample.num_steps=2",
+]
+
+
+def make_trainer(tmp_path, *extra: str) -> Trainer:
+    cfg = load_config("tiny-fmnist", [*TINY, f"train.output_dir={tmp_path}", *extra])
+    return Trainer(cfg, random_encoders=True)  # real encoder architecture, random weights
+
+
+def batch(trainer: Trainer, n: int = 8):
+    items = [trainer.dataset[i] for i in range(n)]
+    return torch.stack([i[0] for i in items]), torch.stack([torch.as_tensor(i[1]) for i in items])
+
+
+def grads(module) -> dict[str, bool]:
+    return {n: (p.grad is not None and bool(p.grad.abs().sum() > 0)) for n, p in module.named_parameters()}
+
+
+def prepare(trainer: Trainer):
+    images, labels = batch(trainer)
+    rnd = phases.StepRandomness.draw(
+        generator=torch.Generator().manual_seed(0), global_batch=8, rows=slice(0, 8),
+        latent_shape=trainer.latent_shape, time_sampler=trainer.objective.time_sampler, drop_prob=0.1, device="cpu",
+    )
+    with torch.no_grad():
+        targets = [enc(images).float() for enc in trainer.encoders]
+    return images, labels, targets, rnd
+
+
+def test_vae_phase_reaches_vae_only(tmp_path):
+    tr = make_trainer(tmp_path)
+    images, labels, targets, rnd = prepare(tr)
+    stats_before = tr.tokenizer.normalizer.state_dict()
+    stats_before = {k: v.clone() for k, v in stats_before.items()}
+    out = phases.vae_phase(tr.ctx, images, labels, targets, rnd, step=0)
+    out.loss.backward()
+    assert all(p.grad is None for p in tr.sit.parameters()), "REPA-E: the VAE-alignment pass must not train the SiT"
+    assert all(p.grad is None for p in tr.lreg.discriminator.parameters()), "generator loss must not train D"
+    assert any(grads(tr.tokenizer.vae.encoder).values()) and any(grads(tr.tokenizer.vae.decoder).values())
+    for k, v in tr.tokenizer.normalizer.state_dict().items():  # eval-mode normaliser: no statistics update
+        assert torch.equal(v, stats_before[k]), k
+
+
+def test_alignment_alone_reaches_encoder_not_decoder(tmp_path):
+    tr = make_trainer(tmp_path, "train.recipe=no-lreg")
+    images, labels, targets, rnd = prepare(tr)
+    out = phases.vae_phase(tr.ctx, images, labels, targets, rnd, step=0)
+    out.loss.backward()
+    assert any(grads(tr.tokenizer.vae.encoder).values())
+    assert all(p.grad is None for p in tr.tokenizer.vae.decoder.parameters())
+    assert all(p.grad is None for p in tr.sit.parameters())
+
+
+@pytest.mark.parametrize("recipe,reaches_vae", [("repa-e", False), ("e2e-diffusion", True), ("no-stopgrad", True)])
+def test_sit_phase_stop_gradient(tmp_path, recipe, reaches_vae):
+    tr = make_trainer(tmp_path, f"train.recipe={recipe}")
+    images, labels, targets, rnd = prepare(tr)
+    vout = phases.vae_phase(tr.ctx, images, labels, targets, rnd, step=0)
+    tr.tokenizer.vae.zero_grad(set_to_none=True)
+    sout = phases.sit_phase(tr.ctx, vout.z, labels, targets, rnd)
+    sout.loss.backward()
+    # adaLN-Zero: at initialisation many SiT gradients are exactly zero, but every one exists
+    assert all(p.grad is not None for p in tr.sit.parameters())
+    assert any(grads(tr.sit).values())
+    vae_has = any(p.grad is not None for p in tr.tokenizer.vae.parameters())
+    assert vae_has == reaches_vae
+
+
+def test_discriminator_phase_reaches_discriminator_only(tmp_path):
+    tr = make_trainer(tmp_path)
+    images, labels, targets, rnd = prepare(tr)
+    vout = phases.vae_phase(tr.ctx, images, labels, targets, rnd, step=0)
+    out = phases.discriminator_phase(tr.ctx, images, vout.recon, step=0)
+    out.loss.backward()
+    assert any(grads(tr.lreg.discriminator).values())
+    assert all(p.grad is None for p in tr.tokenizer.vae.parameters())
+    assert all(p.grad is None for p in tr.sit.parameters())
+
+
+def test_frozen_vae_recipes_have_no_vae_optimizer(tmp_path):
+    for recipe in ("repa", "vanilla"):
+        tr = make_trainer(tmp_path / recipe, f"train.recipe={recipe}")
+        assert set(tr.optimizers) == {"opt_sit"}
+        before = {k: v.clone() for k, v in tr.tokenizer.state_dict().items()}
+        tr.train_step(*batch(tr))
+        for k, v in tr.tokenizer.state_dict().items():
+            assert torch.equal(v, before[k]), f"{recipe} changed the frozen tokenizer ({k})"
+
+
+def test_overfit_lowers_every_loss(tmp_path):
+    tr = make_trainer(tmp_path, "optim.lr=2e-3", "optim.vae_lr=1e-3", "train.batch_size=4")
+    images, labels = batch(tr, 4)
+    history = [tr.train_step(images, labels) for _ in range(20)]
+    for key in ("denoising_loss", "proj_loss", "reconstruction_loss", "vae_align_loss"):
+        first = sum(h[key] for h in history[:3]) / 3
+        last = sum(h[key] for h in history[-3:]) / 3
+        assert last < first, f"{key} did not decrease: {first:.4f} -> {last:.4f}"
+
+
+def _state(tr: Trainer) -> dict[str, torch.Tensor]:
+    flat = {f"{g}.{k}": v for g, sd in tr.model_state().items() for k, v in sd.items()}
+    for name, opt in tr.optimizers.items():
+        for idx, st in opt.state_dict()["state"].items():
+            for k, v in st.items():
+                flat[f"{name}.{idx}.{k}"] = torch.as_tensor(v)
+    return flat
+
+
+def test_resume_is_bit_exact(tmp_path):
+    common = ["train.max_steps=4", "train.checkpoint_every=2"]
+    straight = make_trainer(tmp_path / "a", *common)
+    straight.fit()
+    interrupted = make_trainer(tmp_path / "b", *common)
+    interrupted.fit(max_steps=2)  # "killed" after the step-2 checkpoint
+    resumed = make_trainer(tmp_path / "b", *common)
+    resumed.fit()
+    assert resumed.step == straight.step == 4
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"resume diverged at {k}"
+
+
+@pytest.mark.parametrize(
+    "override,exc,needle",
+    [
+        ("model.encoder_depth=9", ConfigError, "encoder_depth"),
+        ("data.resolution=30", ConfigError, "divisible"),
+        ("train.recipe=nope", ConfigError, "unknown recipe"),
+        ("tokenizer.weights=/nonexistent/vae.safetensors", MissingWeightsError, "vae"),
+    ],
+)
+def test_bad_configs_fail_before_training(tmp_path, override, exc, needle):
+    with pytest.raises(exc) as info:
+        make_trainer(tmp_path, override)
+    assert needle.lower() in str(info.value).lower()
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "repae-tiny-fmnist" / "checkpoints").exists()
+
+
+def test_missing_encoder_weights_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("REPAE_DINOV2_VIT_B_WEIGHTS", raising=False)
+    cfg = load_config("tiny-fmnist", [*TINY, f"train.output_dir={tmp_path}", "align.encoders=[dinov2-vit-b]",
+                                      "data.resolution=256"])
+    with pytest.raises(MissingWeightsError) as info:
+        Trainer(cfg)
+    assert "\n" not in str(info.value)
