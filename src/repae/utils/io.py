@@ -47,4 +47,6 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | No
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode
         save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.chmod(tmp, mode)  # safetensors re-creates the file; keep the mode atomic_path chose
