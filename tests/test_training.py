@@ -169,3 +169,26 @@ def test_missing_encoder_weights_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError) as info:
         Trainer(cfg)
     assert "\n" not in str(info.value)
+
+
+def test_ldm_recipe_trains_on_cached_latents(tmp_path):
+    """export a tokenizer -> cache its latents -> `ldm` recipe trains only the SiT on them."""
+    from repae.data import build_dataset
+    from repae.data.cache_cli import cache_latents
+    from repae.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_preset("tiny-f4d4")
+    tok.normalizer.set_statistics(torch.zeros(4), torch.ones(4))
+    tok.save_pretrained(tmp_path / "vae")
+    data = torch.utils.data.Subset(build_dataset("embedded", resolution=32), range(16))
+    cache = cache_latents(tok, data, tmp_path / "latents", batch_size=8)
+    assert (cache / "moments.npy").exists()
+
+    cfg = load_config("tiny-fmnist", [*TINY, f"train.output_dir={tmp_path}", "train.recipe=ldm",
+                                      f"tokenizer.weights={tmp_path / 'vae'}", f"data.latents={cache}"])
+    tr = Trainer(cfg, random_encoders=True, dataset=data)
+    assert set(tr.optimizers) == {"opt_sit"}
+    images, labels, moments = (torch.stack(x) for x in zip(*[tr.dataset[i] for i in range(8)]))
+    metrics = tr.train_step(images, labels, moments)
+    assert set(metrics) >= {"denoising_loss", "proj_loss"}
+    torch.testing.assert_close(tr.tokenizer.normalizer.running_var, torch.ones(4))  # frozen statistics

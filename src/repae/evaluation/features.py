@@ -278,12 +278,16 @@ def iter_uint8_batches(source: Any, *, batch_size: int = 64) -> Iterator[torch.T
 
 
 def read_npz_labels(path: str | os.PathLike) -> np.ndarray | None:
-    """``arr_1`` (class labels, as written by ``repae sample``) of an ``.npz``, or None."""
+    """Class labels of a sample ``.npz``: ``labels`` (written by ``repae sample``) or ``arr_1``
+    (ADM's labelled batches), else None."""
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return None
     with np.load(path) as z:
-        return z["arr_1"].astype(np.int64) if "arr_1" in z.files else None
+        for key in ("labels", "arr_1"):
+            if key in z.files:
+                return z[key].astype(np.int64)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,14 +41,16 @@ class Engine:
         dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """DDP-wrap a trainable module when running several processes."""
+    def wrap(self, module: nn.Module, *, find_unused: bool = False) -> nn.Module:
+        """DDP-wrap a trainable module when running several processes (``find_unused`` for modules
+        some of whose parameters a recipe never uses, e.g. the VAE decoder without L_REG)."""
         if not self.distributed:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
         with warnings.catch_warnings():  # torch >= 2.14 renames the flag; the old one works on all versions
             warnings.simplefilter("ignore", FutureWarning)
-            return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                                       find_unused_parameters=find_unused)
 
     def mean_scalars(self, values: dict[str, float]) -> dict[str, float]:
         """Average a dict of python floats over processes in ONE collective (style guide 17)."""

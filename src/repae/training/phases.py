@@ -40,14 +40,15 @@ from repae.training.recipes import Recipe
 class VAEForward(nn.Module):
     """Encode, sample the posterior with given noise, decode (spec 1.3 step C)."""
 
-    def __init__(self, tokenizer: nn.Module):
+    def __init__(self, tokenizer: nn.Module, *, decode: bool = True):
         super().__init__()
         self.tokenizer = tokenizer
+        self.decode = decode  # False when nothing uses the reconstruction (the w/o-L_REG ablation)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor):
         posterior = self.tokenizer.encode(x)
         z = posterior.mean + posterior.std * eps  # [b, C, h, w] posterior sample, fp32
-        recon = self.tokenizer.decode(z)  # [b, 3, H, W]
+        recon = self.tokenizer.decode(z) if self.decode else None  # [b, 3, H, W]
         return posterior.mean, posterior.logvar, z, recon
 
 

@@ -115,7 +115,8 @@ class Trainer:
         self.ema = EMA(model=self.sit, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
         wrap = self.engine.wrap
         self.sit_ddp = wrap(self.aligned)
-        self.vae_ddp = wrap(phases.VAEForward(self.tokenizer)) if recipe.train_vae else None
+        self.vae_ddp = (wrap(phases.VAEForward(self.tokenizer, decode=recipe.l_reg), find_unused=not recipe.l_reg)
+                        if recipe.train_vae else None)
         self.disc_ddp = wrap(phases.DiscriminatorLoss(self.lreg)) if self.lreg is not None else None
         if cfg.train.compile:
             self.sit_ddp = torch.compile(self.sit_ddp)
@@ -234,7 +235,7 @@ class Trainer:
                     out = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
                 self._backward(out.loss)
                 add(out)
-                stash.append((out.z.detach(), out.recon.detach()))
+                stash.append((out.z.detach(), None if out.recon is None else out.recon.detach()))
             metrics["grad_norm_vae"] = self._clip_step("opt_vae", vae_params)
             if self.lreg is not None:
                 for (imgs, *_), (_, recon) in zip(micro, stash):
@@ -381,7 +382,23 @@ class Trainer:
         if self.cfg.train.report_to == "none":
             return None
         if self.cfg.train.report_to == "wandb":
-            raise ConfigError("train.report_to=wandb: install wandb and log from metrics.jsonl, or use tensorboard")
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("train.report_to=wandb needs `pip install wandb` (or use tensorboard)") from None
+            run = wandb.init(project="repae", name=self.cfg.train.exp_name, config=self.cfg.to_dict(),
+                             dir=str(self.cfg.run_dir))
+
+            class _WandbWriter:  # the two SummaryWriter calls the loop uses
+                def add_scalar(self, key, value, step):
+                    run.log({key: value}, step=step)
+
+                def close(self):
+                    run.finish()
+
+            return _WandbWriter()
+        if self.cfg.train.report_to != "tensorboard":
+            raise ConfigError(f"train.report_to must be tensorboard, wandb or none, got '{self.cfg.train.report_to}'")
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.cfg.run_dir / "tensorboard"))
