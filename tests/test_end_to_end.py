@@ -17,7 +17,7 @@ def test_train_export_sample_evaluate(tmp_path, capsys):
     run = tmp_path / "runs" / "e2e"
     common = [f"train.output_dir={tmp_path / 'runs'}", "train.exp_name=e2e", "train.batch_size=16",
               "train.checkpoint_every=2", "train.sample_every=4", "sample.num_images=4", "sample.num_steps=4",
-              "tokenizer.stats_images=64"]
+              "tokenizer.stats_images=64", "train.log_every=1"]
     assert main(["train", *common, "train.max_steps=2"]) == 0  # the default recipe and shipped encoder
     assert (run / "checkpoints" / "step-0000002" / "models.safetensors").exists()
     assert main(["train", *common, "train.max_steps=4"]) == 0  # resumes from step 2
