@@ -192,3 +192,25 @@ def test_ldm_recipe_trains_on_cached_latents(tmp_path):
     metrics = tr.train_step(images, labels, moments)
     assert set(metrics) >= {"denoising_loss", "proj_loss"}
     torch.testing.assert_close(tr.tokenizer.normalizer.running_var, torch.ones(4))  # frozen statistics
+
+
+def test_vae_checkpointing_gives_the_same_step(tmp_path):
+    plain = make_trainer(tmp_path / "a")
+    ckpt = make_trainer(tmp_path / "b", "train.vae_checkpointing=true")
+    images, labels = batch(plain)
+    a, b = plain.train_step(images, labels), ckpt.train_step(images, labels)
+    for key in ("vae_loss", "sit_loss", "grad_norm_vae"):
+        assert abs(a[key] - b[key]) < 1e-5 * max(1.0, abs(a[key])), key
+    for (name, p), q in zip(plain.tokenizer.vae.named_parameters(), ckpt.tokenizer.vae.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(tmp_path):
+    eager = make_trainer(tmp_path / "eager")
+    compiled = make_trainer(tmp_path / "compiled", "train.compile=true")
+    images, labels = batch(eager)
+    for _ in range(2):
+        a, b = eager.train_step(images, labels), compiled.train_step(images, labels)
+        for key in ("vae_loss", "sit_loss", "denoising_loss", "d_loss"):
+            assert abs(a[key] - b[key]) < 1e-3 * max(1.0, abs(a[key])), (key, a[key], b[key])

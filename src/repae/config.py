@@ -101,6 +101,7 @@ class TrainConfig:
     max_steps: int = 400
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False
+    vae_checkpointing: bool = False  # recompute VAE activations in backward (fits 32 img/GPU at 256 px)
     allow_tf32: bool = True
     seed: int = 0
     output_dir: str = "runs"

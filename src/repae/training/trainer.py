@@ -110,6 +110,8 @@ class Trainer:
             ).to(dev)
         if not recipe.train_vae:
             self.tokenizer.requires_grad_(False)
+        elif cfg.train.vae_checkpointing:
+            self.tokenizer.vae.enable_gradient_checkpointing()  # diffusers: per-block recomputation
 
         self.aligned = phases.AlignedSiT(self.sit)
         self.ema = EMA(model=self.sit, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
