@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import torch
 
-NULL_LABEL_OFFSET = 0  # null label == num_classes (+ this offset); kept for readability
-
-
 def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 ``[0, 255]`` -> float32 ``[-1, 1]`` (the VAE input range)."""
     if x.dtype != torch.uint8:

@@ -95,17 +95,6 @@ def setup_distributed(mixed_precision: str = "no", *, device: str | None = None)
     return Engine(rank=rank, world_size=world, local_rank=local_rank, device=dev, mixed_precision=mixed_precision)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """Strip DDP and torch.compile wrappers."""
-    while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
-
-
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     """A CPU generator that depends only on (seed, step, micro-batch): per-step reseeding (EDM2)
     makes a resumed run bit-identical to an uninterrupted one and the draws independent of the
