@@ -67,7 +67,8 @@ class Trainer:
     def _build(self) -> None:
         cfg, recipe, dev = self.cfg, self.recipe, self.engine.device
         torch.manual_seed(cfg.train.seed)  # model initialisation is identical on every rank
-        self.encoders = build_encoders(cfg, dev, random_init=self._random_encoders) if (recipe.sit_align or recipe.vae_align) else []
+        aligns = recipe.sit_align or recipe.vae_align
+        self.encoders = build_encoders(cfg, dev, random_init=self._random_encoders) if aligns else []
         self.z_dims = encoder_dims(cfg) if self.encoders else ()
         self.tokenizer, has_stats = build_tokenizer(cfg, recipe)
         self.tokenizer.to(dev)
@@ -75,12 +76,11 @@ class Trainer:
         check_token_counts(cfg, self.sit, self.encoders)
         self.latent_shape = self.tokenizer.latent_shape(cfg.data.resolution)
 
+        from repae.data import build_dataset
         from repae.diffusion.objective import FlowMatching
         from repae.diffusion.paths import get_path
         from repae.diffusion.timesteps import get_time_sampler
 
-        if self._dataset is None:
-            from repae.data import build_dataset
         self.objective = FlowMatching(get_path(cfg.diffusion.path),
                                       get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path))
         self.dataset = self._dataset if self._dataset is not None else build_dataset(
