@@ -514,7 +514,6 @@ def test_preprocess_rejects_float_and_t4_uses_unit_range():
     assert registry.fixed_32(512) == 32
 
 
-@pytest.mark.skipif(not registry.repae_vit_t4_default_path().exists(), reason="asset not trained yet")
 def test_packaged_repae_vit_t4_asset_loads(monkeypatch):
     monkeypatch.delenv(encoder_spec("repae-vit-t4").env_var, raising=False)
     enc = load_encoder("repae-vit-t4")

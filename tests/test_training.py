@@ -214,3 +214,10 @@ def test_torch_compile_matches_eager(tmp_path):
         a, b = eager.train_step(images, labels), compiled.train_step(images, labels)
         for key in ("vae_loss", "sit_loss", "denoising_loss", "d_loss"):
             assert abs(a[key] - b[key]) < 1e-3 * max(1.0, abs(a[key])), (key, a[key], b[key])
+
+
+def test_several_encoders_get_one_projector_each(tmp_path):
+    tr = make_trainer(tmp_path, "align.encoders=[repae-vit-t4,repae-vit-t4]")
+    assert len(tr.sit.projectors) == 2 and len(tr.encoders) == 2
+    metrics = tr.train_step(*batch(tr))
+    assert -1.0 <= metrics["proj_loss"] <= 1.0 and -1.0 <= metrics["vae_align_loss"] <= 1.0
