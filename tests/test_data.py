@@ -295,3 +295,16 @@ def test_sampler_rank_sharding_matches_single_process():
     assert len(ranks[0]) == len(single)
     for k, global_batch in enumerate(single):
         assert ranks[0][k] + ranks[1][k] == global_batch  # contiguous slices of the same global batch
+
+
+def test_sampler_micro_batches_follow_the_global_micro_batches():
+    """With accumulation, micro-batch m of every rank is its slice of global micro-batch m."""
+    from repae.data import ResumableSampler
+
+    one = list(ResumableSampler(32, batch_size=8, seed=3, micro_batches=2))
+    ranks = [list(ResumableSampler(32, batch_size=4, seed=3, rank=r, world_size=2, micro_batches=2)) for r in (0, 1)]
+    for k in range(4):  # global batches of 8 = 2 micro-batches of 4 = 2 ranks x 2 items
+        g = one[8 * k:8 * (k + 1)]
+        for m in range(2):
+            assert g[4 * m:4 * m + 2] == ranks[0][4 * k + 2 * m:4 * k + 2 * m + 2]
+            assert g[4 * m + 2:4 * m + 4] == ranks[1][4 * k + 2 * m:4 * k + 2 * m + 2]

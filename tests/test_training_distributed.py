@@ -15,14 +15,14 @@ OVERRIDES = [
 ]
 
 
-def _run(rank: int, world: int, port: int, out_dir: str) -> None:
+def _run(rank: int, world: int, port: int, out_dir: str, accum: int = 1) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from repae.config import load_config
     from repae.training.trainer import Trainer
 
-    cfg = load_config("tiny-fmnist", [*OVERRIDES, f"train.output_dir={out_dir}/w{world}"])
+    cfg = load_config("tiny-fmnist", [*OVERRIDES, f"train.output_dir={out_dir}/w{world}", f"train.grad_accum={accum}"])
     trainer = Trainer(cfg, random_encoders=True)
     last = trainer.fit()
     if rank == 0:
@@ -32,9 +32,10 @@ def _run(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one(tmp_path):
-    _run(0, 1, 0, str(tmp_path))
-    mp.spawn(_run, args=(2, 29531, str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("accum", [1, 2])
+def test_two_gloo_processes_equal_one(tmp_path, accum):
+    _run(0, 1, 0, str(tmp_path), accum)
+    mp.spawn(_run, args=(2, 29531 + accum, str(tmp_path), accum), nprocs=2, join=True)
     one = torch.load(tmp_path / "result-w1.pt")
     two = torch.load(tmp_path / "result-w2.pt")
     assert one["state"].keys() == two["state"].keys()

@@ -32,9 +32,15 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(self, num_items: int, *, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1):
+                 drop_last: bool = True, rank: int = 0, world_size: int = 1, micro_batches: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
+        if batch_size % micro_batches:
+            raise ValueError(f"batch_size {batch_size} is not divisible by micro_batches {micro_batches}")
+        # With gradient accumulation the global batch is cut into `micro_batches` global
+        # micro-batches and rank r takes its slice of EACH, so micro-batch m on every rank belongs
+        # to the same global micro-batch m as in a 1-process run.
+        self.micro_batches = micro_batches
         self.num_items, self.batch_size, self.shuffle, self.seed = num_items, batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.epoch = 0
@@ -63,11 +69,15 @@ class ResumableSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         perm = self.permutation(self.epoch)
         g = self.global_batch
+        local = self.batch_size // self.micro_batches  # this rank's part of one global micro-batch
         while self.position < self.batches_per_epoch():
-            start = self.position * g + self.rank * self.batch_size
-            chunk = perm[start:min(start + self.batch_size, (self.position + 1) * g, self.num_items)]
-            self.position += 1  # advanced before yielding: state_dict() after a batch points past it
-            yield from chunk.tolist()
+            end = min((self.position + 1) * g, self.num_items)
+            for m in range(self.micro_batches):
+                start = self.position * g + m * (g // self.micro_batches) + self.rank * local
+                chunk = perm[start:min(start + local, end)]
+                if m == self.micro_batches - 1:
+                    self.position += 1  # advanced before the last yield: state_dict() points past it
+                yield from chunk.tolist()
         self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict:

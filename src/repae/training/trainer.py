@@ -151,7 +151,8 @@ class Trainer:
 
             self._sampler = ResumableSampler(len(self.dataset), batch_size=self.local_batch,
                                              seed=self.cfg.train.seed, rank=self.engine.rank,
-                                             world_size=self.engine.world_size)
+                                             world_size=self.engine.world_size,
+                                             micro_batches=self.cfg.train.grad_accum)
             if self._sampler.batches_per_epoch() == 0:
                 raise ConfigError(f"the dataset has {len(self.dataset)} images, fewer than one global batch of "
                                   f"{self.cfg.train.batch_size}: lower train.batch_size")
