@@ -295,20 +295,10 @@ def sit_config(
     return cfg
 
 
-def build_sit(
-    name: str,
-    *,
-    input_size: int,
-    in_channels: int,
-    num_classes: int = 1000,
-    z_dims: Sequence[int] = (),
-    encoder_depth: int | None = None,
-    class_dropout_prob: float = 0.1,
-    qk_norm: bool = False,
-) -> SiT:
+def build_sit(name: str, **kwargs) -> SiT:
     """Build preset ``name`` (a key of :data:`SIT_PRESETS`) for a latent of side ``input_size``.
 
-    Args:
+    Keyword arguments are those of :func:`sit_config`:
         input_size: latent side (32 for f8d4 at 256 px, 16 for f16d32).
         in_channels: latent channels (4 for f8d4, 32 for f16d32).
         num_classes: real classes; the null label is ``num_classes``.
@@ -322,15 +312,4 @@ def build_sit(
         ConfigError: unknown name, ``encoder_depth`` outside ``1..depth``, or ``input_size`` not
             divisible by the patch size.
     """
-    return SiT(
-        sit_config(
-            name,
-            input_size=input_size,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            z_dims=z_dims,
-            encoder_depth=encoder_depth,
-            class_dropout_prob=class_dropout_prob,
-            qk_norm=qk_norm,
-        )
-    )
+    return SiT(sit_config(name, **kwargs))
