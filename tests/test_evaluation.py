@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import types
 from pathlib import Path
 
@@ -282,16 +281,17 @@ def test_cli_evaluate_streams_from_checkpoint(tmp_path, monkeypatch, capsys, fmn
             calls.append((len(labels), seeds[0], kw))
             return torch.stack([by_class[int(c)][s % 100] for c, s in zip(labels, seeds)])  # uint8 [b, 3, 32, 32]
 
-    fake = types.ModuleType("repae.training.checkpoint")
-    fake.load_generator = lambda path: FakeGenerator()
-    monkeypatch.setitem(sys.modules, "repae.training.checkpoint", fake)
+    import repae.cli.evaluate as evaluate_cli
+
+    monkeypatch.setattr(evaluate_cli, "load_generator", lambda path, **kw: FakeGenerator())
     out = tmp_path / "g.json"
     assert main(["evaluate", "--checkpoint", "runs/x", "--num-samples", "50", "--batch-size", "20",
                  "--reference", "embedded:test", "--cfg-scale", "1.5", "--out", str(out), "--device", "cpu",
                  "--no-progress", "--extractor", "evalnet-fmnist"]) == 0
     res = json.loads(out.read_text())
     assert res["num_samples"] == 50 and res["class_accuracy"] > 0.8 and res["cfg_scale"] == 1.5
-    assert [c[0] for c in calls] == [20, 20, 10] and calls[0][2] == {"cfg_scale": 1.5}
+    assert [c[0] for c in calls] == [20, 20, 10] and calls[0][2]["cfg_scale"] == 1.5
+    assert calls[0][2]["sampler"] == "euler"  # unset flags: the (here default) sample config
     assert "fid" in capsys.readouterr().out
 
 
@@ -304,7 +304,7 @@ def test_cli_inception_requires_reference(monkeypatch, tmp_path, capsys):
 
 def test_module_files_exist():
     root = Path(feat.__file__).parent
-    for name in ("metrics", "inception", "features", "reference", "offline_net", "cli", "reference_cli"):
+    for name in ("metrics", "inception", "features", "reference", "offline_net"):
         assert (root / f"{name}.py").is_file()
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -287,12 +285,13 @@ def test_cli_sample(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def load_generator(path, *, ema=True, map_location="cpu"):
-        calls.append((path, ema, map_location))
+    def load_generator(path, *, ema=True, device="cpu"):
+        calls.append((path, ema, str(device)))
         return make_generator()
 
-    monkeypatch.setitem(sys.modules, "repae.training.checkpoint",
-                        types.SimpleNamespace(load_generator=load_generator))
+    import repae.cli.sample as sample_cli
+
+    monkeypatch.setattr(sample_cli, "load_generator", load_generator)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     out = tmp_path / "s.npz"

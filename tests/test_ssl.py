@@ -173,7 +173,8 @@ def _parse(module, argv):
 
 
 def test_pretrain_and_probe_clis(tmp_path, capsys):
-    from repae.ssl import cli, probe_cli
+    from repae.cli import linear_probe as probe_cli
+    from repae.cli import pretrain_encoder as cli
 
     _tiny_npz(tmp_path / "tr.npz", 32, 0)
     _tiny_npz(tmp_path / "te.npz", 16, 1)

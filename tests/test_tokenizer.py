@@ -216,7 +216,7 @@ def test_latent_stats_cli(tmp_path, monkeypatch, capsys):
 
     _, imgs = _batches(n=6)
 
-    def fake_build_dataset(spec, *, resolution, split="train"):
+    def fake_build_dataset(spec, *, resolution, split="train", strict=False):
         assert (spec, resolution, split) == ("fake", 32, "train")
         return torch.utils.data.TensorDataset(imgs, torch.zeros(len(imgs), dtype=torch.long))
 
@@ -224,8 +224,8 @@ def test_latent_stats_cli(tmp_path, monkeypatch, capsys):
     model = build_vae(VAE_PRESETS["tiny-f4d4"])
     model.save_pretrained(tmp_path / "vae")
     out = tmp_path / "stats.json"
-    rc = main(["latent-stats", "--vae", "tiny-f4d4", "--vae-weights", str(tmp_path / "vae"), "--data", "fake",
-               "--batch-size", "4", "--max-images", "5", "--out", str(out), "--device", "cpu"])
+    rc = main(["latent-stats", "--vae", str(tmp_path / "vae"), "--vae-preset", "tiny-f4d4", "--data", "fake",
+               "--resolution", "32", "--batch-size", "4", "--max-images", "5", "--out", str(out), "--device", "cpu"])
     assert rc == 0
     saved = json.loads(out.read_text())
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

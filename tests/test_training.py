@@ -174,7 +174,7 @@ def test_missing_encoder_weights_is_one_line(tmp_path, monkeypatch):
 def test_ldm_recipe_trains_on_cached_latents(tmp_path):
     """export a tokenizer -> cache its latents -> `ldm` recipe trains only the SiT on them."""
     from repae.data import build_dataset
-    from repae.data.cache_cli import cache_latents
+    from repae.data.latent_cache import cache_latents
     from repae.tokenizer import Tokenizer
 
     tok = Tokenizer.from_preset("tiny-f4d4")

@@ -4,6 +4,7 @@
 
     "embedded"       the shipped Fashion-MNIST subset (5000 train / 1000 test, 32x32; no install)
     "fashion-mnist"  all 60000 / 10000 from the Debian package ``dataset-fashion-mnist``
+    NAME:SPLIT       either of the two with an explicit split ("embedded:test"; "full" = "fashion-mnist")
     DIR              an image folder (labels = sorted sub-folder names; ADM centre crop)
     FILE.npz         ADM ``arr_0`` (NHWC/NCHW uint8, optional ``labels``) or this package's keys
     FILE.h5          datasets ``images`` (uint8) + ``labels``; opened lazily per worker process
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 
 from repae.errors import ConfigError
 
-__all__ = ["build_dataset", "build_loader", "load_fashion_mnist", "ResumableSampler", "dataset_to_tensor"]
+__all__ = ["build_dataset", "default_resolution", "build_loader", "load_fashion_mnist", "ResumableSampler", "dataset_to_tensor"]
 
 
 def _embedded(spec: str, resolution: int, split: str, **_) -> Dataset:
@@ -69,6 +70,11 @@ def build_dataset(spec: str, *, resolution: int, split: str = "train", strict: b
         strict: folders only -- raise on the first unreadable image instead of skipping it.
     """
     spec = os.fspath(spec)
+    name, sep, named_split = spec.partition(":")
+    if sep and name in NAMED | {"full": _full_fmnist}:  # "embedded:test", "fashion-mnist:train"
+        if named_split not in ("train", "test"):
+            raise ConfigError(f"data '{spec}': the split after ':' must be train or test")
+        spec, split = ("fashion-mnist" if name == "full" else name), named_split
     if spec in NAMED:
         return NAMED[spec](spec, resolution, split)
     path = Path(spec)
@@ -80,6 +86,12 @@ def build_dataset(spec: str, *, resolution: int, split: str = "train", strict: b
         return BY_SUFFIX[path.suffix.lower()](spec, resolution, split)
     raise ConfigError(f"cannot read data {spec!r}: use 'embedded', 'fashion-mnist', an image folder, "
                       "or a .npz / .h5 file")
+
+
+def default_resolution(spec: str) -> int:
+    """Image side used when a verb is not given ``--resolution``: 32 for Fashion-MNIST, else 256."""
+    name = os.fspath(spec).partition(":")[0]
+    return 32 if name in ("embedded", "fashion-mnist", "full") else 256
 
 
 def __getattr__(name: str):  # lazy re-exports keep `import repae.data` cheap

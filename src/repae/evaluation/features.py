@@ -27,6 +27,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from repae.errors import ConfigError
 
@@ -249,6 +250,8 @@ def count_images(source: Any) -> int | None:
         return len(arrays[0]) if arrays is not None else None
     if isinstance(source, (np.ndarray, torch.Tensor)):
         return int(source.shape[0])
+    if isinstance(source, Dataset):
+        return len(source)
     return None
 
 
@@ -272,6 +275,10 @@ def iter_uint8_batches(source: Any, *, batch_size: int = 64) -> Iterator[torch.T
     if isinstance(source, (np.ndarray, torch.Tensor)):
         for start in range(0, source.shape[0], batch_size):
             yield to_nchw_uint8(source[start:start + batch_size])
+        return
+    if isinstance(source, Dataset):  # repae.data.build_dataset output: (uint8 [3, H, W], label) items
+        for images, _ in DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=0):
+            yield to_nchw_uint8(images)
         return
     for batch in source:  # an iterable of batches (e.g. a sampler): re-chunking is not needed
         yield to_nchw_uint8(batch)

@@ -45,7 +45,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import inception as tv
 

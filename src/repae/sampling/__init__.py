@@ -4,7 +4,7 @@
   as ``solver(velocity_fn, x, *, num_steps, generator=None, progress=False, **kw)``.
 - :mod:`repae.sampling.guidance`: ``guided_velocity`` (CFG with a guidance interval).
 - :mod:`repae.sampling.generator`: ``Generator`` and ``sample_to_outputs`` (PNG folder / ADM npz).
-- :mod:`repae.sampling.cli`: the ``repae sample`` verb.
+- the ``repae sample`` verb is :mod:`repae.cli.sample`.
 """
 
 from repae.sampling.generator import (

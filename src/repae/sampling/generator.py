@@ -136,6 +136,55 @@ class Generator:
         self.num_classes = int(num_classes)
         self.resolution = int(resolution)
         self.latent_shape = tuple(int(s) for s in tokenizer.latent_shape(self.resolution))  # (C, h, w)
+        self.sample_defaults = None  # a SampleConfig when built from a run (from_checkpoint / from_trainer)
+
+    # -- construction from a run ----------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, ema: bool = True,
+                        map_location: str | torch.device = "cpu") -> "Generator":
+        """Rebuild the sampling pipeline of a ``repae`` checkpoint (a run folder or ``step-XXXXXXX``).
+
+        Live VAE + (EMA) SiT + (EMA) normaliser statistics, exactly as the trainer samples them.
+        """
+        from repae.config import from_dict
+        from repae.training.builders import build_sit_for, build_tokenizer_arch
+        from repae.training.checkpoint import read_checkpoint
+
+        models, _, state = read_checkpoint(path)
+        cfg = from_dict(state["config"])
+        if "sit" not in models:
+            raise ConfigError(f"checkpoint '{path}' holds no diffusion model (recipe "
+                              f"'{state.get('recipe')}'): sample from a run that trains one")
+        tokenizer = build_tokenizer_arch(cfg)
+        tokenizer.vae.load_state_dict(models["vae"])
+        tokenizer.normalizer.load_state_dict(models["ema.normalizer" if ema else "normalizer"])
+        sit = build_sit_for(cfg, tokenizer, z_dims=tuple(state.get("z_dims", ())))
+        sit.load_state_dict(models["ema.model" if ema else "sit"])
+        tokenizer.eval().to(map_location)
+        sit.eval().to(map_location)
+        gen = cls(tokenizer=tokenizer, model=sit, path=cfg.diffusion.path, num_classes=cfg.model.num_classes,
+                  resolution=cfg.data.resolution)
+        gen.sample_defaults = cfg.sample  # the run's own sampling settings (what its preview grids use)
+        return gen
+
+    @classmethod
+    def from_trainer(cls, trainer: Any, *, ema: bool = True) -> "Generator":
+        """The pipeline on a live trainer's current weights (EMA SiT + EMA normaliser by default).
+
+        The tokenizer is copied so that loading the EMA normaliser statistics never touches the
+        training one.
+        """
+        import copy
+
+        tok = copy.deepcopy(trainer.tokenizer).eval()
+        if ema:
+            tok.normalizer.load_state_dict(trainer.ema.normalizer.state_dict())
+        model = trainer.ema.model if ema else trainer.sit
+        gen = cls(tokenizer=tok, model=model, path=trainer.cfg.diffusion.path,
+                  num_classes=trainer.cfg.model.num_classes, resolution=trainer.cfg.data.resolution)
+        gen.sample_defaults = trainer.cfg.sample
+        return gen
 
     # -- device ---------------------------------------------------------------------------
 

@@ -122,22 +122,3 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]
 def restore_optimizers(optimizers: dict[str, torch.optim.Optimizer], opt_tensors: dict, state: dict) -> None:
     for name, opt in optimizers.items():
         _unflatten_optimizer(name, opt, opt_tensors, state["optimizers"])
-
-
-def load_generator(path: str | Path, *, ema: bool = True, map_location: str = "cpu"):
-    """Rebuild the sampling pipeline of a checkpoint: live VAE + (EMA) SiT + (EMA) normaliser."""
-    from repae.config import from_dict
-    from repae.sampling.generator import Generator
-    from repae.training.builders import build_sit_for, build_tokenizer_arch
-
-    models, _, state = read_checkpoint(path)
-    cfg = from_dict(state["config"])
-    tokenizer = build_tokenizer_arch(cfg)
-    tokenizer.vae.load_state_dict(models["vae"])
-    tokenizer.normalizer.load_state_dict(models["ema.normalizer" if ema else "normalizer"])
-    sit = build_sit_for(cfg, tokenizer, z_dims=tuple(state.get("z_dims", ())))
-    sit.load_state_dict(models["ema.model" if ema else "sit"])
-    tokenizer.eval().to(map_location)
-    sit.eval().to(map_location)
-    return Generator(tokenizer=tokenizer, model=sit, path=cfg.diffusion.path, num_classes=cfg.model.num_classes,
-                     resolution=cfg.data.resolution)

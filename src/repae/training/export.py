@@ -8,7 +8,6 @@ The output folder loads with ``Tokenizer.from_pretrained`` and with
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
@@ -28,15 +27,3 @@ def export_vae(run_or_checkpoint: str | Path, out_dir: str | Path, *, ema_stats:
 
         save_safetensors(Path(out_dir) / "discriminator.safetensors", models["disc"])
     return Path(out_dir)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder (uses its latest checkpoint) or a checkpoint folder")
-    parser.add_argument("--out", required=True, help="output folder (diffusers format + latent_stats.json)")
-    parser.add_argument("--live-stats", action="store_true", help="use the live normaliser statistics instead of EMA")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = export_vae(args.run, args.out, ema_stats=not args.live_stats)
-    print(f"exported E2E-VAE to {out}")
-    return 0

@@ -35,15 +35,18 @@ from repae.training.builders import (
 )
 from repae.training.checkpoint import latest_checkpoint, read_checkpoint, restore_optimizers, save_checkpoint
 from repae.training.ema import EMA
+from repae.training.hooks import due
 from repae.training.engine import setup_distributed, step_generator
-from repae.utils.io import atomic_path, write_json
+from repae.utils.io import write_json
 
 log = logging.getLogger("repae.train")
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, *, engine=None, random_encoders: bool = False, dataset=None):
+    def __init__(self, cfg: RunConfig, *, engine=None, random_encoders: bool = False, dataset=None,
+                 hooks: list | None = None):
         self.cfg = cfg
+        self.hooks = list(hooks or [])  # sample grids, diagnostics, reports: see repae.training.hooks
         self.recipe = validate_config(cfg)  # cheap checks first: fail before anything is built
         self.engine = engine or setup_distributed(cfg.train.mixed_precision)
         if cfg.train.threads:
@@ -86,7 +89,7 @@ class Trainer:
         self.dataset = self._dataset if self._dataset is not None else build_dataset(
             cfg.data.source, resolution=cfg.data.resolution, split="train")
         if recipe.cached_latents:
-            from repae.data.cache_cli import CachedLatentDataset
+            from repae.data.latent_cache import CachedLatentDataset
 
             self.dataset = CachedLatentDataset(self.dataset, cfg.data.latents)
             if tuple(self.dataset.meta["latent_shape"]) != tuple(self.latent_shape):
@@ -353,9 +356,14 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         last: dict[str, float] = {}
         t0, n0 = time.perf_counter(), self.step
+        for hook in self.hooks:
+            hook.on_start(self)
         batches = self._batches()
         while self.step < total:
             metrics = self.train_step(*next(batches))
+            for hook in self.hooks:
+                if due(hook, self.step, total):
+                    metrics.update(hook.on_step(self, self.step, metrics) or {})
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 last = eng.mean_scalars(metrics)
                 elapsed = time.perf_counter() - t0
@@ -373,10 +381,10 @@ class Trainer:
                 if eng.is_main:
                     self.save()
                 eng.barrier()
-            if eng.is_main and (self.step % cfg.train.sample_every == 0 or self.step == total):
-                self.sample_grid(run_dir / "samples" / f"step-{self.step:07d}.png")
             bar.update(1)
         bar.close()
+        for hook in self.hooks:
+            hook.on_end(self)
         if writer is not None:
             writer.close()
         return last
@@ -405,37 +413,3 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.cfg.run_dir / "tensorboard"))
-
-    @torch.no_grad()
-    def generator(self, *, ema: bool = True):
-        """The sampling pipeline on the current weights (EMA SiT + EMA normaliser statistics)."""
-        import copy
-
-        from repae.sampling.generator import Generator
-
-        tok = copy.deepcopy(self.tokenizer).eval()
-        if ema:
-            tok.normalizer.load_state_dict(self.ema.normalizer.state_dict())
-        model = (self.ema.model if ema else self.sit).eval()
-        return Generator(tokenizer=tok, model=model, path=self.cfg.diffusion.path,
-                         num_classes=self.cfg.model.num_classes, resolution=self.cfg.data.resolution)
-
-    @torch.no_grad()
-    def sample_grid(self, path: Path) -> Path:
-        """Class-conditional grid from the EMA model (fixed seeds, so grids are comparable)."""
-        from torchvision.utils import make_grid
-        from PIL import Image
-
-        sc = self.cfg.sample
-        n = sc.num_images
-        labels = torch.arange(n) % self.cfg.model.num_classes
-        images = self.generator()(labels.to(self.engine.device), sampler=sc.sampler, num_steps=sc.num_steps,
-                                  cfg_scale=sc.cfg_scale, guidance_interval=(sc.guidance_low, sc.guidance_high),
-                                  seeds=list(range(n)))
-        grid = make_grid(images.cpu(), nrow=int(round(math.sqrt(n))), padding=2)  # [3, H', W'] uint8
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-        self.sit.train()
-        return path
-

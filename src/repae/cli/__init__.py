@@ -12,17 +12,17 @@ import sys
 
 # verb -> (module, one-line help). One table; no if/elif chains.
 VERBS: dict[str, tuple[str, str]] = {
-    "train": ("repae.training.cli", "train REPA-E / REPA / vanilla / ablations / LDM (default: REPA-E on the embedded data)"),
-    "bench": ("repae.training.bench", "print seconds/step, img/s and peak memory of a training step"),
-    "export-vae": ("repae.training.export", "write the E2E-VAE of a run (diffusers format + latent statistics)"),
-    "cache-latents": ("repae.data.cache_cli", "encode a dataset with a frozen VAE into cached posterior mean/std"),
-    "latent-stats": ("repae.tokenizer.stats_cli", "compute per-channel latent statistics of a VAE over a dataset"),
-    "pretrain-encoder": ("repae.ssl.cli", "self-supervised pretraining of a small ViT alignment encoder"),
-    "linear-probe": ("repae.ssl.probe_cli", "linear-probe accuracy of an encoder's features on a labelled dataset"),
-    "sample": ("repae.sampling.cli", "draw N samples from a checkpoint into an ADM .npz and/or PNG folder"),
-    "evaluate": ("repae.evaluation.cli", "gFID/sFID/IS/precision/recall of samples, or rFID/PSNR/SSIM/LPIPS of a VAE"),
-    "reference": ("repae.evaluation.reference_cli", "build an ADM-layout reference batch (features + statistics)"),
-    "config": ("repae.config_cli", "print the resolved configuration of a preset with overrides"),
+    "train": ("repae.cli.train", "train REPA-E / REPA / vanilla / ablations / LDM (default: REPA-E on the embedded data)"),
+    "bench": ("repae.cli.bench", "print seconds/step, img/s and peak memory of a training step"),
+    "export-vae": ("repae.cli.export_vae", "write the E2E-VAE of a run (diffusers format + latent statistics)"),
+    "cache-latents": ("repae.cli.cache_latents", "encode a dataset with a frozen VAE into cached posterior mean/std"),
+    "latent-stats": ("repae.cli.latent_stats", "compute per-channel latent statistics of a VAE over a dataset"),
+    "pretrain-encoder": ("repae.cli.pretrain_encoder", "self-supervised pretraining of a small ViT alignment encoder"),
+    "linear-probe": ("repae.cli.linear_probe", "linear-probe accuracy of an encoder's features on a labelled dataset"),
+    "sample": ("repae.cli.sample", "draw N samples from a checkpoint into an ADM .npz and/or PNG folder"),
+    "evaluate": ("repae.cli.evaluate", "gFID/sFID/IS/precision/recall of samples, or rFID/PSNR/SSIM/LPIPS of a VAE"),
+    "reference": ("repae.cli.reference", "build an ADM-layout reference batch (features + statistics)"),
+    "config": ("repae.cli.config", "print the resolved configuration of a preset with overrides"),
 }
 
 

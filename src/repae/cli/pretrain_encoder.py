@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     extra = {"command": _command_line(args), "data": args.data, "num_images": int(images.shape[0]),
              "final_metrics": {"loss": round(result.epoch_losses[-1], 5)}}
     if not args.no_probe:
-        from repae.ssl.probe_cli import probe_encoders
+        from repae.ssl.probe_encoders import probe_encoders
 
         accs = probe_encoders({"trained": result.state_dict}, seed=args.seed, device=args.device)
         extra["final_metrics"].update({"probe_accuracy": accs["trained"].accuracy,

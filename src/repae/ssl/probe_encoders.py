@@ -1,4 +1,4 @@
-"""``repae linear-probe``: linear-probe accuracy of an encoder's mean-pooled patch tokens.
+"""Linear-probe feature functions for encoders (used by ``repae linear-probe``).
 
     repae linear-probe                                   # shipped repae-vit-t4, embedded train -> test
     repae linear-probe --encoder random                  # same architecture, random init (baseline)
@@ -9,31 +9,9 @@ Prints the accuracy and writes a JSON ``{accuracy, train_accuracy, ...}`` (``--o
 
 from __future__ import annotations
 
-import argparse
 from typing import Callable
 
 import torch
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", default="repae-vit-t4",
-                        help="'repae-vit-t4' (default), 'random' (repae-vit-t4 shape, random init), "
-                             "or any name of repae.encoders")
-    parser.add_argument("--encoder-weights", default=None, help="weights file (default: the shipped asset)")
-    parser.add_argument("--train-data", default="embedded", help="dataset spec for fitting the head (train split)")
-    parser.add_argument("--test-data", default="embedded", help="dataset spec for the accuracy (test split)")
-    parser.add_argument("--resolution", type=int, default=32, help="image side fed to the encoder")
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 on the linear head")
-    parser.add_argument("--seed", type=int, default=0, help="init seed of the 'random' encoder")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="JSON result (default: runs/probe/<encoder>.json)")
-
-
-# --------------------------------------------------------------------------------------------
-# encoders as uint8 -> patch-token functions
-# --------------------------------------------------------------------------------------------
 
 
 def _vit_t4_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -106,27 +84,3 @@ def probe_encoders(state_dicts: dict, *, seed: int = 0, device: str = "cpu", wei
         fte = extract_features(fn, xte, device=device)
         out[name] = linear_probe(ftr, ytr, fte, yte, weight_decay=weight_decay)
     return out
-
-
-def run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from repae.ssl.probe import extract_features, linear_probe
-    from repae.utils.io import write_json
-
-    torch.set_num_threads(args.threads)
-    fn = token_function(args.encoder, weights=args.encoder_weights, seed=args.seed, resolution=args.resolution,
-                        device=args.device)
-    xtr, ytr = _data(args.train_data, "train", args.resolution)
-    xte, yte = _data(args.test_data, "test", args.resolution)
-    ftr = extract_features(fn, xtr, batch_size=args.batch_size, device=args.device)
-    fte = extract_features(fn, xte, batch_size=args.batch_size, device=args.device)
-    result = linear_probe(ftr, ytr, fte, yte, weight_decay=args.weight_decay)
-    record = {**asdict(result), "encoder": args.encoder, "encoder_weights": args.encoder_weights,
-              "train_data": args.train_data, "test_data": args.test_data, "features": "mean-pooled patch tokens",
-              "seed": args.seed}
-    out = args.out or f"runs/probe/{args.encoder}.json"
-    write_json(out, record)
-    print(f"linear-probe accuracy of {args.encoder}: {result.accuracy:.4f} "
-          f"(train {result.train_accuracy:.4f}, {result.num_train} -> {result.num_test} images); wrote {out}")
-    return 0

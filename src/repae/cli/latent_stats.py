@@ -3,7 +3,7 @@
 Examples::
 
     repae latent-stats                                   # tiny-f4d4 (random init) on the embedded data
-    repae latent-stats --vae f8d4 --vae-weights sd-vae-ft-mse/ --data /data/imagenet/train \\
+    repae latent-stats --vae sd-vae-ft-mse/ --data /data/imagenet/train \\
         --resolution 256 --max-images 50000 --out sdvae-f8d4-latents-stats.pt
 
 ``--out`` ending in ``.pt`` writes the REPA-E format {latents_scale, latents_bias} [1, C, 1, 1];
@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from repae.cli.common import add_data_arguments, add_vae_argument, load_tokenizer
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from repae.tokenizer.vae import VAE_PRESETS
-
-    parser.add_argument("--vae", default="tiny-f4d4", choices=list(VAE_PRESETS), help="VAE preset (default tiny-f4d4)")
-    parser.add_argument("--vae-weights", default=None,
-                        help="local VAE weights: diffusers folder, .safetensors, or LDM .pt/.ckpt (default: random init)")
-    parser.add_argument("--data", default="embedded",
-                        help="dataset spec for repae.data.build_dataset: embedded | fashion-mnist | folder | .npz | .h5")
-    parser.add_argument("--resolution", type=int, default=32, help="image resolution (default 32)")
+    add_vae_argument(parser, default="tiny-f4d4")
+    add_data_arguments(parser, default="embedded", what="images")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--max-images", type=int, default=None, help="use at most this many images (default all)")
     parser.add_argument("--use-mean", action="store_true",
@@ -39,24 +35,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from repae.data import build_dataset  # lazy: the data module is heavy-ish and optional here
+    from repae.data import build_dataset, default_resolution
     from repae.tokenizer.stats import compute_latent_stats, save_stats
-    from repae.tokenizer.tokenizer import Tokenizer
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tok = Tokenizer.from_preset(args.vae)
-    if args.vae_weights is not None:
-        print(tok.load_vae_weights(args.vae_weights))  # strict; says how many tensors were loaded
-    tok.latent_shape(args.resolution)  # ConfigError early if the resolution does not fit the VAE
+    tok = load_tokenizer(args.vae, preset=args.vae_preset)
+    resolution = args.resolution or default_resolution(args.data)
+    tok.latent_shape(resolution)  # ConfigError early if the resolution does not fit the VAE
     tok.to(device).eval()
-    if args.vae_weights is None:
-        print(f"warning: --vae-weights not given; statistics of a randomly initialised {args.vae} VAE")
-    dataset = build_dataset(args.data, resolution=args.resolution, split="train")
+    dataset = build_dataset(args.data, resolution=resolution, split="train", strict=args.strict)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
     mean, std = compute_latent_stats(tok, loader, use_mean=args.use_mean, max_images=args.max_images,
                                      progress=True, seed=args.seed)
     n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
-    meta = {"vae": args.vae, "vae_weights": args.vae_weights, "data": args.data, "resolution": args.resolution,
+    meta = {"vae": args.vae, "vae_preset": args.vae_preset, "data": args.data, "resolution": resolution,
             "num_images": n, "statistic": "posterior_mean" if args.use_mean else "posterior_sample"}
     if args.out:
         save_stats(args.out, mean, std, **meta)

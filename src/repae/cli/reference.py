@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+from repae.cli.common import add_data_arguments, default_device, image_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True,
-                        help="images: .npz (arr_0 uint8 NHWC), a PNG folder, embedded[:split] or full[:split]")
+    add_data_arguments(parser, flag="--source", default=None, what="reference images (an ADM .npz streams as it is)")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--extractor", choices=["inception", "evalnet-fmnist"], default=None,
                         help="feature network (default: inception if weights are given, else evalnet-fmnist)")
@@ -38,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from repae.evaluation.features import get_extractor
     from repae.evaluation.reference import build_reference
 
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     extractor = get_extractor(args.extractor, inception_weights=args.inception_weights, device=device)
-    ref = build_reference(args.source, extractor, args.out, batch_size=args.batch_size, max_images=args.max_images,
+    source = image_source(args.source, resolution=args.resolution, split="train", strict=args.strict)
+    ref = build_reference(source, extractor, args.out, batch_size=args.batch_size, max_images=args.max_images,
                           pr_images=args.pr_images, progress=not args.no_progress)
     print(f"wrote {args.out}: statistics over {ref.num_images} images, "
           f"{0 if ref.pool_features is None else len(ref.pool_features)} for precision/recall "

@@ -1,4 +1,4 @@
-"""`repae cache-latents`: encode a dataset once with a frozen (E2E-)VAE.
+"""Cached VAE latents: encode a dataset once with a frozen (E2E-)VAE (verb ``repae cache-latents``).
 
 Stores the *raw* posterior moments (mean and std, EDM2-style raw latents, spec-repae.md 7.2) so
 that the `ldm` recipe can resample ``z = mean + std * eps`` every step and the normalisation can
@@ -14,7 +14,6 @@ tokenizer.weights=<the same VAE folder>``; the raw images are still read for the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -90,25 +89,3 @@ def cache_latents(tokenizer, dataset: Dataset, out: str | os.PathLike, *, batch_
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vae", required=True, help="tokenizer folder (repae export-vae / save_pretrained output)")
-    parser.add_argument("--data", default="embedded", help="dataset spec (embedded, folder, .npz, .h5) [embedded]")
-    parser.add_argument("--resolution", type=int, default=32, help="image resolution [32]")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def run(args: argparse.Namespace) -> int:
-    from repae.data import build_dataset
-    from repae.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.from_pretrained(args.vae)
-    dataset = build_dataset(args.data, resolution=args.resolution, split="train")
-    out = cache_latents(tokenizer, dataset, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-                        device=args.device, meta={"vae": str(args.vae), "data": args.data, "resolution": args.resolution})
-    print(f"cached {len(dataset)} latents to {out}")
-    return 0

@@ -22,12 +22,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 from typing import Any, Iterator
 
 import torch
 
+from repae.cli.common import (add_data_arguments, add_sampling_arguments, default_device, image_source, load_generator,
+                              load_tokenizer,
+                              resolve_sampling)
 from repae.errors import ConfigError
 
 DEFAULT_OFFLINE_REFERENCE = "embedded:train"  # reference for the offline network when none is given
@@ -41,9 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="exported VAE directory: reconstruction metrics (rFID, PSNR, SSIM, LPIPS) over --data")
     parser.add_argument("--reference", help="reference .npz (ADM VIRTUAL_*.npz or 'repae reference' output) or an "
                         f"image source; default for the offline network: {DEFAULT_OFFLINE_REFERENCE}")
-    parser.add_argument("--data", default="embedded:test",
-                        help="images for --recon: .npz, folder, embedded[:split] or full[:split] "
-                        "(default embedded:test)")
+    add_data_arguments(parser, what="images for --recon and for a --reference that is not an .npz")
     parser.add_argument("--extractor", choices=["inception", "evalnet-fmnist"], default=None,
                         help="feature network (default: inception if weights are given, else evalnet-fmnist)")
     parser.add_argument("--inception-weights", help="path to pt_inception-2015-12-05-6726825d.pth "
@@ -55,13 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    g = parser.add_argument_group("sampling (--checkpoint); unset flags keep the generator's defaults")
-    g.add_argument("--sampler", default=None, help="sampler name, e.g. sde / ode")
-    g.add_argument("--num-steps", type=int, default=None)
-    g.add_argument("--cfg-scale", type=float, default=None)
-    g.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None)
-    g.add_argument("--seed", type=int, default=0, help="labels and per-sample seeds derive from it")
-    g.add_argument("--num-classes", type=int, default=None, help="override the generator's number of classes")
+    add_sampling_arguments(parser)
+    parser.add_argument("--num-classes", type=int, default=None, help="override the generator's number of classes")
     r = parser.add_argument_group("reconstruction (--recon)")
     r.add_argument("--lpips-vgg-weights", default=None, help="VGG16 weights for LPIPS (omitted: no LPIPS)")
     r.add_argument("--sample-posterior", action="store_true", help="decode a posterior sample instead of its mode")
@@ -81,15 +76,6 @@ def sample_stream(gen: Any, labels: torch.Tensor, *, batch_size: int, seed: int,
         yield gen(labels[idx], seeds=sample_seeds(seed, idx), **call_kwargs)  # uint8 [b, 3, H, W]
 
 
-def _load_generator(path: str, device: torch.device):
-    from repae.training.checkpoint import load_generator  # lazy: written by the training package
-
-    params = inspect.signature(load_generator).parameters
-    kwargs = {"map_location": str(device)} if "map_location" in params else {}
-    gen = load_generator(path, **kwargs)
-    return gen.to(device) if hasattr(gen, "to") else gen
-
-
 def _format(result: dict) -> str:
     keys = ("fid", "sfid", "inception_score", "precision", "recall", "class_accuracy",
             "rfid", "psnr", "ssim", "lpips")
@@ -104,25 +90,28 @@ def run(args: argparse.Namespace) -> int:
     from repae.evaluation.reference import compute_reference, evaluate_reconstruction, evaluate_samples, load_reference
     from repae.utils.io import write_json
 
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.checkpoint:
+        resolve_sampling(args, None)  # bad flag values fail before any network is built
+    device = default_device(args.device)
     extractor = get_extractor(args.extractor, inception_weights=args.inception_weights, device=device)
     progress = not args.no_progress
 
     if args.vae_checkpoint:
-        from repae.tokenizer import Tokenizer  # lazy: written by the tokenizer package
-
-        tokenizer = Tokenizer.from_pretrained(args.vae_checkpoint)
+        tokenizer = load_tokenizer(args.vae_checkpoint)
         if isinstance(tokenizer, torch.nn.Module):
             tokenizer = tokenizer.to(device).eval()
         lpips = None
         if args.lpips_vgg_weights:
             from repae.losses.perceptual import build_perceptual
 
-            lpips = build_perceptual("lpips", vgg_weights=args.lpips_vgg_weights).to(device).eval()
-        result = evaluate_reconstruction(tokenizer, args.data, extractor, batch_size=args.batch_size,
+            # evaluation LPIPS takes [-1, 1] images as the lpips package does (no training remap)
+            lpips = build_perceptual("lpips", vgg_weights=args.lpips_vgg_weights,
+                                     remap_inputs=False).to(device).eval()
+        data = image_source(args.data, resolution=args.resolution, split="test", strict=args.strict)
+        result = evaluate_reconstruction(tokenizer, data, extractor, batch_size=args.batch_size,
                                          max_images=args.num_samples, lpips=lpips,
                                          sample_posterior=args.sample_posterior, progress=progress)
-        result["vae_checkpoint"] = args.vae_checkpoint
+        result.update(vae_checkpoint=args.vae_checkpoint, data=args.data)
     else:
         reference = args.reference
         if reference is None:
@@ -133,23 +122,21 @@ def run(args: argparse.Namespace) -> int:
         if str(reference).endswith(".npz"):
             ref = load_reference(reference, extractor, batch_size=args.batch_size, progress=progress)
         else:
-            ref = compute_reference(reference, extractor, batch_size=args.batch_size, progress=progress)
+            source = image_source(reference, resolution=args.resolution, split="train", strict=args.strict)
+            ref = compute_reference(source, extractor, batch_size=args.batch_size, progress=progress)
         if args.checkpoint:
-            gen = _load_generator(args.checkpoint, device)
+            gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device)
             num_classes = args.num_classes or getattr(gen, "num_classes", None)
             if not num_classes:
                 raise ConfigError("the generator does not expose num_classes; pass --num-classes")
-            call_kwargs = {k: v for k, v in (("sampler", args.sampler), ("num_steps", args.num_steps),
-                                             ("cfg_scale", args.cfg_scale),
-                                             ("guidance_interval", tuple(args.guidance_interval)
-                                              if args.guidance_interval else None)) if v is not None}
+            call_kwargs = resolve_sampling(args, getattr(gen, "sample_defaults", None))
             from repae.sampling.generator import sample_labels
 
             labels = sample_labels(args.num_samples or 50_000, args.seed, num_classes)  # uniform, as generate.py
             source = sample_stream(gen, labels, batch_size=args.batch_size, seed=args.seed, call_kwargs=call_kwargs)
             result = evaluate_samples(source, ref, extractor, batch_size=args.batch_size, labels=labels.numpy(),
                                       progress=progress)
-            result.update(checkpoint=args.checkpoint, seed=args.seed, **{k: v for k, v in call_kwargs.items()})
+            result.update(checkpoint=args.checkpoint, seed=args.seed, **call_kwargs)
         else:
             result = evaluate_samples(args.samples, ref, extractor, batch_size=args.batch_size,
                                       max_images=args.num_samples, progress=progress)

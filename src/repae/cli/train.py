@@ -30,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
     if args.recipe:
         overrides.append(f"train.recipe={args.recipe}")
     cfg = load_config(args.config, overrides)
+    from repae.api import default_hooks
     from repae.training.trainer import Trainer
 
     t0 = time.perf_counter()
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, hooks=default_hooks(cfg))
     last = trainer.fit()
     wall = time.perf_counter() - t0
     if trainer.engine.is_main:

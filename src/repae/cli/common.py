@@ -1,0 +1,142 @@
+"""Arguments shared by several verbs, defined once so that their names and meanings never drift.
+
+Sampling flags (``repae sample``, ``repae evaluate --checkpoint``, ``repae analyze``): every flag
+defaults to *unset*, and unset flags take the value of the run's own ``sample`` config (the
+``sample:`` section of the preset the checkpoint was trained with, which is also what the
+in-training preview grids use). One checkpoint therefore samples the same way in every verb
+unless a flag says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any
+
+import torch
+
+from repae.config import SampleConfig
+from repae.errors import ConfigError
+
+SAMPLING_FLAGS = ("--sampler", "--num-steps", "--cfg-scale", "--guidance-low", "--guidance-high", "--seed",
+                  "--no-ema")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The one sampling argument group; unset flags fall back to the checkpoint's ``sample`` config."""
+    from repae.sampling.solvers import SOLVERS
+
+    g = parser.add_argument_group("sampling (unset flags: the run's own `sample` config)")
+    g.add_argument("--sampler", choices=list(SOLVERS), default=None,
+                   help=f"solver: {', '.join(SOLVERS)} (published REPA-E numbers: euler-maruyama, 250 steps)")
+    g.add_argument("--num-steps", type=int, default=None, help="solver steps")
+    g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale >= 1 (1 = off)")
+    g.add_argument("--guidance-low", type=float, default=None, help="CFG applied for t >= this")
+    g.add_argument("--guidance-high", type=float, default=None, help="CFG applied for t <= this")
+    g.add_argument("--seed", type=int, default=0, help="labels and per-sample seeds derive from it (default 0)")
+    g.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA weights")
+    return g
+
+
+def resolve_sampling(args: argparse.Namespace, defaults: SampleConfig | None) -> dict[str, Any]:
+    """Keyword arguments of ``Generator.__call__``: flags given on the command line over the run's config."""
+    d = defaults if defaults is not None else SampleConfig()
+    pick = {f.name: getattr(d, f.name) for f in dataclasses.fields(SampleConfig)}
+    for key in ("sampler", "num_steps", "cfg_scale", "guidance_low", "guidance_high"):
+        value = getattr(args, key, None)
+        if value is not None:
+            pick[key] = value
+    if pick["cfg_scale"] < 1.0:
+        raise ConfigError(f"--cfg-scale must be >= 1 (got {pick['cfg_scale']}); use 1.0 for no guidance")
+    if pick["num_steps"] < 1:
+        raise ConfigError(f"--num-steps must be >= 1 (got {pick['num_steps']})")
+    if not 0.0 <= pick["guidance_low"] <= pick["guidance_high"] <= 1.0:
+        raise ConfigError(f"the guidance interval must satisfy 0 <= --guidance-low <= --guidance-high <= 1 "
+                          f"(got {pick['guidance_low']}, {pick['guidance_high']})")
+    return {"sampler": pick["sampler"], "num_steps": int(pick["num_steps"]), "cfg_scale": float(pick["cfg_scale"]),
+            "guidance_interval": (float(pick["guidance_low"]), float(pick["guidance_high"]))}
+
+
+def load_generator(path: str, *, ema: bool, device: torch.device):
+    """A :class:`~repae.sampling.generator.Generator` for a ``repae`` checkpoint, on ``device``."""
+    from repae.sampling.generator import Generator
+
+    return Generator.from_checkpoint(path, ema=ema, map_location="cpu").to(device)
+
+
+def default_device(name: str | None) -> torch.device:
+    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def distributed_setup() -> tuple[int, int, torch.device]:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun / accelerate) and init gloo (CPU) or nccl (CUDA)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    return rank, world, device
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, flag: str = "--data", default: str | None = "embedded:test",
+                       what: str = "images") -> None:
+    """``--data`` (or another flag name) + ``--resolution`` + ``--strict``, read like training data."""
+    parser.add_argument(flag, default=default, required=default is None,
+                        help=f"{what}, read by repae.data.build_dataset exactly like training data: an image folder "
+                        "(class sub-folders or flat; ADM centre crop; unreadable files skipped), .npz, .h5, "
+                        f"embedded[:split] or fashion-mnist[:split]" + (f" (default {default})" if default else ""))
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="image side (default: 32 for Fashion-MNIST, 256 otherwise)")
+    parser.add_argument("--strict", action="store_true",
+                        help="image folders: stop at the first unreadable image instead of skipping it")
+
+
+def image_source(spec: str, *, resolution: int | None, split: str = "test", strict: bool = False):
+    """An evaluation image source: ADM ``.npz`` files stream as they are; anything else is a dataset.
+
+    Everything that is not an ``.npz`` goes through :func:`repae.data.build_dataset` (class folders,
+    ADM centre crop at ``resolution``, the bad-file policy), so evaluation reads images exactly as
+    training does.
+    """
+    from pathlib import Path
+
+    from repae.data import build_dataset, default_resolution
+
+    if str(spec).endswith(".npz") and Path(spec).is_file():
+        return spec
+    return build_dataset(spec, resolution=resolution or default_resolution(spec), split=split, strict=strict)
+
+
+def add_vae_argument(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
+    """``--vae`` means the same in every verb: a preset name, a saved tokenizer folder or a weights file."""
+    parser.add_argument("--vae", default=default, required=default is None,
+                        help="tokenizer: a folder written by export-vae / save_pretrained (or a diffusers "
+                        "AutoencoderKL folder), an LDM/official .pt/.ckpt/.safetensors file (with --vae-preset), "
+                        "or a preset name for a randomly initialised VAE" + (f" (default {default})" if default else ""))
+    parser.add_argument("--vae-preset", default=None,
+                        help="architecture of a --vae weights file (f8d4, f16d32, tiny-f4d4, tiny-f8d4; default f8d4)")
+
+
+def load_tokenizer(spec: str, *, preset: str | None = None):
+    """Resolve ``--vae``: folder -> ``from_pretrained``; preset name -> random init; file -> preset + weights."""
+    from pathlib import Path
+
+    from repae.tokenizer.tokenizer import Tokenizer
+    from repae.tokenizer.vae import VAE_PRESETS
+
+    path = Path(spec)
+    if path.is_dir():
+        return Tokenizer.from_pretrained(path, require_stats=False)  # statistics are not needed to encode
+    if path.is_file():
+        tok = Tokenizer.from_preset(preset or "f8d4")
+        print(tok.load_vae_weights(path))
+        return tok
+    if spec in VAE_PRESETS:
+        print(f"warning: --vae {spec} is a preset name: a randomly initialised VAE")
+        return Tokenizer.from_preset(spec)
+    raise ConfigError(f"--vae {spec!r} is neither a folder, a weights file nor a preset ({', '.join(VAE_PRESETS)})")
