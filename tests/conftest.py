@@ -33,3 +33,23 @@ def _no_network(monkeypatch):
 def seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def vgg_file(tmp_path_factory):
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(0)
+    with torch.device("meta"):  # skip allocating the 120M-parameter classifier
+        features = torchvision.models.vgg16(weights=None).features
+    features = features.to_empty(device="cpu")
+    for m in features:
+        if isinstance(m, nn.Conv2d):
+            m.reset_parameters()
+    # full-VGG key layout ("features.*"), plus a tiny classifier entry that must be ignored
+    sd = {f"features.{k}": v for k, v in features.state_dict().items()}
+    sd["classifier.6.bias"] = torch.zeros(1000)
+    path = tmp_path_factory.mktemp("vgg") / "vgg16-397923af.pth"
+    torch.save(sd, path)  # about 59 MB, once per session
+    return path, features

@@ -26,9 +26,9 @@ from repae.encoders import (
     load_encoder,
     load_encoders,
     preprocess_pixels,
+    registry,
     repae_vit_t4_model,
 )
-from repae.encoders import registry
 from repae.encoders.base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from repae.encoders.checkpoints import convert_mocov3
 from repae.errors import ConfigError, MissingWeightsError

@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from repae.errors import MissingWeightsError
-from repae.ssl import (ASSET_WEIGHTS, PretrainConfig, build_vit_t4, extract_features, linear_probe, load_vit_t4,
-                       patch_tokens, pretrain, preprocess, save_encoder)
+from repae.ssl import (
+    ASSET_WEIGHTS,
+    PretrainConfig,
+    build_vit_t4,
+    extract_features,
+    linear_probe,
+    load_vit_t4,
+    patch_tokens,
+    preprocess,
+    pretrain,
+    save_encoder,
+)
 from repae.ssl.augment import random_resized_crop
 from repae.ssl.objectives import OBJECTIVES, patchify, sincos_pos_embed_2d
 from repae.ssl.train import record_path

@@ -79,25 +79,6 @@ def _small_loss(**kw) -> VAERegularizationLoss:
 
 
 @pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory):
-    import torchvision
-
-    torch.manual_seed(0)
-    with torch.device("meta"):  # skip allocating the 120M-parameter classifier
-        features = torchvision.models.vgg16(weights=None).features
-    features = features.to_empty(device="cpu")
-    for m in features:
-        if isinstance(m, nn.Conv2d):
-            m.reset_parameters()
-    # full-VGG key layout ("features.*"), plus a tiny classifier entry that must be ignored
-    sd = {f"features.{k}": v for k, v in features.state_dict().items()}
-    sd["classifier.6.bias"] = torch.zeros(1000)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16-397923af.pth"
-    torch.save(sd, path)  # about 59 MB, once per module
-    return path, features
-
-
-@pytest.fixture(scope="module")
 def lpips_module(vgg_file):
     return build_perceptual("lpips", vgg_weights=vgg_file[0])
 
@@ -423,7 +404,7 @@ def test_missing_vgg_weights_message(tmp_path, monkeypatch):
             build_perceptual("lpips", **kwargs)
         msg = str(err.value)
         assert "\n" not in msg
-        for needle in ("vgg16-397923af.pth", "--vgg-weights", "loss.vgg_weights", "REPAE_VGG16_WEIGHTS", "laplacian"):
+        for needle in ("vgg16-397923af.pth", "loss.vgg_weights", "REPAE_VGG16_WEIGHTS", "laplacian"):
             assert needle in msg
     with pytest.raises(MissingWeightsError):
         VAERegularizationLoss()  # REPA-E default perceptual="lpips" needs the file

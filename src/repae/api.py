@@ -14,8 +14,8 @@ script and the command line produce the same run folder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from repae.config import RunConfig, from_dict, load_config, parse_override
 

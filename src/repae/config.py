@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class ModelConfig:
     class_dropout_prob: float = 0.1  # label dropout for CFG (spec 2.2)
     encoder_depth: int = 2  # 1-based SiT block whose output is projected (paper: 8)
     qk_norm: bool = False
+    learn_pos_embed: bool = False  # true = train the sin-cos table, as the official code does by accident
 
 
 @dataclass
@@ -57,6 +59,8 @@ class AlignConfig:
     encoder_weights: list[str | None] = field(default_factory=list)  # one path per encoder (or none)
     proj_coeff: float = 0.5  # lambda_g: REPA weight in the SiT update
     vae_align_coeff: float = 1.5  # lambda_v: REPA weight in the VAE update
+    projector: str = "mlp"  # REPA head: mlp (REPA) | conv (iREPA 3x3 conv); repae.models.projectors
+    target_norm: str = "none"  # encoder-token normalisation: none (REPA) | spatial (iREPA, gamma 0.7)
 
 
 @dataclass
@@ -79,6 +83,32 @@ class LossConfig:
     lecam_weight: float = 0.0
     adaptive_disc_weight: bool = False
     disc_weights: str | None = None  # optional pretrained discriminator (safetensors/.pt)
+
+
+@dataclass
+class TokRegConfig:
+    """Tokenizer regularisers SE / EQ-VAE / VA-VAE VF (repae.losses.tokenizer_reg,
+    docs/tokenizer-regularisers.md). Weights / probabilities 0 = off (the default in every recipe)."""
+
+    se_weight: float = 0.0  # SE alpha (Skorokhodov et al. 2025); paper 0.25 [unverified]
+    se_factors: list[int] = field(default_factory=lambda: [2, 4])  # one drawn per step [unverified]
+    se_terms: list[str] = field(default_factory=lambda: ["l1", "perceptual"])  # SE distance d: l1|perceptual|gan
+    eq_prob: float = 0.0  # EQ-VAE equivariance-step probability (upstream 0.5)
+    eq_lowres_prob: float = 0.25  # low-resolution share of the other (prior-preservation) steps
+    eq_scale_den: int = 0  # EQ scales k/den; 0 = the latent side (32 for SD-VAE at 256 px, as upstream)
+    eq_min_scale: float = 0.25  # smallest EQ scale (upstream 8/32)
+    eq_rotate: bool = True  # compose with rot90 by k*90 deg, k in {1,2,3}
+    eq_anisotropic: bool = False  # independent height/width scales
+    vf_weight: float = 0.0  # VA-VAE w_hyper (0.1)
+    vf_encoder: str = "repae-vit-t4"  # foundation model (registry name; VA-VAE: dinov2-vit-l)
+    vf_encoder_weights: str | None = None  # its weights (default: env var / packaged)
+    vf_pixels: str = "encoder"  # encoder (its own normalisation) | vavae ([-1, 1], bilinear, as upstream)
+    vf_cos_margin: float = 0.5  # m1
+    vf_distmat_margin: float = 0.25  # m2
+    vf_cos_weight: float = 1.0
+    vf_distmat_weight: float = 1.0
+    vf_adaptive: bool = True  # adaptive weight ||grad nll|| / (||grad vf|| + 1e-4) on the encoder's last conv
+    ema: bool = False  # recipe vae: EMA of the tokenizer (decay optim.ema_decay), exported by export-vae
 
 
 @dataclass
@@ -135,6 +165,7 @@ class RunConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    tokreg: TokRegConfig = field(default_factory=TokRegConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -147,6 +178,9 @@ class RunConfig:
         return Path(self.train.output_dir) / self.train.exp_name
 
 
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
 def _coerce(value: Any, target_type: Any, where: str) -> Any:
     """Coerce a YAML/JSON value to the annotated field type (best effort, strict on numbers)."""
     origin = getattr(target_type, "__origin__", None)
@@ -156,6 +190,8 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
     if target_type is bool or text == "bool":
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
         raise ConfigError(f"{where} expects true/false, got {value!r}")
     if target_type is int or text == "int":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
@@ -170,6 +206,10 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} expects a number, got {value!r}")
         return float(value)
+    if text in ("str", "str | None") or target_type is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where} expects a string, got {value!r}")
+        return str(value)
     if text.startswith("tuple"):
         return tuple(float(v) for v in value)
     if origin is list or text.startswith("list"):
@@ -219,6 +259,46 @@ def _preset_path(name_or_path: str) -> Path:
     )
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false are booleans, so ``mixed_precision: no`` stays the string "no".
+
+    PyYAML follows YAML 1.1, which also reads yes/no/on/off as booleans; every documented string
+    value of a key must reach the config unchanged from a preset file and from the command line.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# Keys whose value is one of a fixed set, named once; registry-valued keys (recipe, presets, sampler,
+# encoders) are checked against their registries when a run is built.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.report_to": ("tensorboard", "wandb", "none"),
+    "diffusion.path": ("linear", "cosine"),
+    "diffusion.time_sampler": ("uniform", "lognormal"),
+    "loss.perceptual": ("lpips", "laplacian", "none"),
+}
+
+
+def check_choices(cfg: RunConfig) -> None:
+    """Every fixed-choice key holds one of its values (one line naming the key and the choices otherwise)."""
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        if not hasattr(getattr(cfg, section), key):
+            continue
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{dotted}={value!r} is not one of: {', '.join(choices)}")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value")
@@ -226,7 +306,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) != 2:
         raise ConfigError(f"override key '{key}' must be section.key (e.g. train.batch_size=256)")
-    return parts, yaml.safe_load(value) if value.strip() else None
+    return parts, yaml_load(value) if value.strip() else None
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -234,11 +314,12 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     cfg = RunConfig()
     if preset is not None:
         path = _preset_path(preset)
-        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml_load(path.read_text())
         cfg = from_dict(raw, cfg)
     for text in overrides or []:
         (section, key), value = parse_override(text)
         cfg = from_dict({section: {key: value}}, cfg)
+    check_choices(cfg)
     return cfg
 
 

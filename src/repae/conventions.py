@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+
 def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 ``[0, 255]`` -> float32 ``[-1, 1]`` (the VAE input range)."""
     if x.dtype != torch.uint8:

@@ -23,6 +23,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("repae.cli.evaluate", "gFID/sFID/IS/precision/recall of samples, or rFID/PSNR/SSIM/LPIPS of a VAE"),
     "reference": ("repae.cli.reference", "build an ADM-layout reference batch (features + statistics)"),
     "config": ("repae.cli.config", "print the resolved configuration of a preset with overrides"),
+    "analyze": ("repae.cli.analyze", "DCT spectra, latent SV/TV, PCA views, reconstructions and CKNNA of runs or VAEs"),
+    "report": ("repae.cli.report", "one self-contained HTML page of a run: config, curves, samples, analysis"),
 }
 
 
@@ -38,9 +40,14 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Bad input exits 2 with one line naming the fix; any other failure exits 1 with
+    one line (``--debug`` anywhere on the command line shows the traceback instead)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     top = _top_parser()
     top.add_argument("--version", action="store_true", help="print the version and exit")
+    top.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
@@ -62,8 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (ConfigError, MissingWeightsError) as err:  # bad input: one line that names the fix
+        if debug:
+            raise
         print(f"repae {verb}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"repae {verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"repae {verb}: error: {type(err).__name__}: {first} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

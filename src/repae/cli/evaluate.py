@@ -23,13 +23,20 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-from repae.cli.common import (add_data_arguments, add_sampling_arguments, default_device, image_source, load_generator,
-                              load_tokenizer,
-                              resolve_sampling)
+from repae.cli.common import (
+    add_data_arguments,
+    add_sampling_arguments,
+    default_device,
+    image_source,
+    load_generator,
+    load_tokenizer,
+    resolve_sampling,
+)
 from repae.errors import ConfigError
 
 DEFAULT_OFFLINE_REFERENCE = "embedded:train"  # reference for the offline network when none is given

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+
 from repae.training.export import export_vae
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from repae.ssl.probe_encoders import token_function, _data
+
+from repae.ssl.probe_encoders import _data, token_function
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

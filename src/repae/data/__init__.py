@@ -16,8 +16,8 @@ resumable, rank-sharded :class:`ResumableSampler`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch.utils.data import Dataset
 

@@ -20,8 +20,8 @@ DataLoader workers each get their own handle; a handle opened in one PID is neve
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from repae.errors import ConfigError
+from repae.utils.assets import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED_PATH = ASSETS / "fashion_mnist_subset.npz"
 EMBEDDED_SHA256_PATH = ASSETS / "fashion_mnist_subset.sha256"
 DEBIAN_DIR = Path(os.environ.get("REPAE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))

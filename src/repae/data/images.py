@@ -49,7 +49,7 @@ PROGRESS_MIN_FILES = 1000  # show a scan progress bar from this many candidate f
 LOG_FIRST_BAD = 5
 
 
-class BadImageError(ValueError):
+class BadImageError(ConfigError):
     """An image file that cannot be decoded; the message names the file."""
 
 

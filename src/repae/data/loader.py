@@ -9,7 +9,7 @@ and ``state_dict()`` (epoch, position in global batches) restores the stream exa
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler

@@ -72,7 +72,7 @@ class FlowMatching:
         self.time_sampler = time_sampler if time_sampler is not None else UniformTime()  # (default uniform)
 
     @classmethod
-    def from_names(cls, *, path: str = "linear", time_sampler: str = "uniform") -> "FlowMatching":
+    def from_names(cls, *, path: str = "linear", time_sampler: str = "uniform") -> FlowMatching:
         """Build from registry names, e.g. ``from_names(path="linear", time_sampler="lognormal")``."""
         return cls(get_path(path), get_time_sampler(time_sampler, path))
 

@@ -145,12 +145,12 @@ class RepresentationEncoder(nn.Module):
         return self.features(self.preprocess(images))
 
     # -- frozen ---------------------------------------------------------------------------
-    def freeze(self) -> "RepresentationEncoder":
+    def freeze(self) -> RepresentationEncoder:
         """Turn off gradients and switch to eval mode; returns ``self``."""
         self.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "RepresentationEncoder":
+    def train(self, mode: bool = True) -> RepresentationEncoder:
         """Encoders are never trained: stays in eval mode whatever ``mode`` says."""
         return super().train(False)
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,9 +149,9 @@ def _vit(spec: EncoderSpec, *, resolution: int, device="cpu", arch_overrides=Non
 
 def repae_vit_t4_default_path() -> Path:
     """Packaged weights of the project's encoder: ``<repae>/assets/repae-vit-t4-fmnist.safetensors``."""
-    import repae
+    from repae.utils.assets import asset
 
-    return Path(repae.__file__).parent / "assets" / "repae-vit-t4-fmnist.safetensors"
+    return asset("repae-vit-t4-fmnist.safetensors")
 
 
 # EXACT architecture of the project's own encoder (trained by `repae pretrain-encoder`).
@@ -451,7 +452,7 @@ def load_encoders(
     """
     name_list = [n for n in _split(names) if n]
     if not name_list:
-        raise ConfigError("no encoder named; pass e.g. --enc-type dinov2-vit-b")
+        raise ConfigError("no encoder named; set e.g. align.encoders=[dinov2-vit-b]")
     weight_list = _split(weights) or [None] * len(name_list)
     if len(weight_list) != len(name_list):
         raise ConfigError(

@@ -56,7 +56,7 @@ class TimmViTEncoder(RepresentationEncoder):
 
 
 def build_timm_vit(
-    spec: "EncoderSpec",
+    spec: EncoderSpec,
     *,
     resolution: int,
     arch_overrides: dict | None = None,
@@ -92,7 +92,7 @@ def build_timm_vit(
     return enc
 
 
-def load_timm_weights(enc: TimmViTEncoder, spec: "EncoderSpec", path: str) -> LoadReport:
+def load_timm_weights(enc: TimmViTEncoder, spec: EncoderSpec, path: str) -> LoadReport:
     """Read ``path``, convert it to timm keys, resample pos-embed, and load it strictly.
 
     Order: unwrap the training-checkpoint entry -> family converter -> drop unused keys ->

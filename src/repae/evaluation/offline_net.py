@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from repae.conventions import uint8_to_unit
 from repae.errors import MissingWeightsError
+from repae.utils.assets import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "repae-evalnet-fmnist.safetensors"
 DEFAULT_RECORD = DEFAULT_WEIGHTS.with_suffix(".json")
 FEATURE_SPACE = "repae-evalnet-fmnist (NOT comparable with published FID)"

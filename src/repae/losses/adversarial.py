@@ -84,7 +84,7 @@ def load_discriminator_weights(discriminator: nn.Module, path: str | os.PathLike
     if not path.is_file():
         raise MissingWeightsError(
             f"discriminator checkpoint not found at {path}",
-            "pass an existing file to --disc-weights (config key loss.disc_weights) "
+            "set loss.disc_weights to an existing file "
             "or leave it unset to start from random init",
         )
     sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -100,7 +100,7 @@ def load_discriminator_weights(discriminator: nn.Module, path: str | os.PathLike
     if missing or unexpected or wrong:
         raise ConfigError(
             f"{path} does not match the discriminator (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shape {wrong[:3]}); check loss.disc_ndf / loss.disc_layers"
+            f"wrong shape {wrong[:3]}); the discriminator is the 3-layer PatchGAN with 64 base channels; pass a checkpoint of that architecture"
         )
     discriminator.load_state_dict(sd, strict=True)
 

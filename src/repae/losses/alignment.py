@@ -16,7 +16,7 @@ the VAE, and weight 0.5 on the detached latent for the SiT and projector.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,7 @@ class _Frozen(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "_Frozen":  # noqa: ARG002 - deliberately ignored
+    def train(self, mode: bool = True) -> _Frozen:  # noqa: ARG002 - deliberately ignored
         # Frozen metric networks never switch to train mode (the REPA-E loss module is always in
         # train mode for its discriminator; LPIPS is forced to eval in every call, spec 4.5).
         return super().train(False)
@@ -72,7 +72,7 @@ def _missing_vgg(path: str | os.PathLike | None) -> MissingWeightsError:
     where = f" at {path}" if path is not None else ""
     return MissingWeightsError(
         f"VGG16 ImageNet weights for LPIPS ({VGG16_FILENAME}) not found{where}",
-        f"download {VGG16_URL} and pass --vgg-weights PATH (config key loss.vgg_weights, or env "
+        f"download {VGG16_URL} and set loss.vgg_weights=PATH (repae evaluate: --lpips-vgg-weights; or env "
         f"{VGG16_ENV}=PATH), or use loss.perceptual=laplacian which needs no weights",
     )
 

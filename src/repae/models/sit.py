@@ -20,14 +20,16 @@ REPA / REPA-E ``ema`` weights load with ``strict=False`` after dropping ``bn.*``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from repae.errors import ConfigError
 from repae.models.layers import FinalLayer, LabelEmbedder, PatchEmbed, SiTBlock, TimestepEmbedder, sincos_pos_embed_2d
+from repae.models.projectors import PROJECTORS, build_projector
 
 __all__ = ["SiTConfig", "SiTOutput", "SiT", "SIT_PRESETS", "build_sit", "sit_config"]
 
@@ -54,6 +56,11 @@ class SiTConfig:
     encoder_depth: int = 8  # REPA: projector reads the output of this block (1-based; spec 2.5)
     z_dims: tuple[int, ...] = ()  # widths of the target encoders, one projector each (spec 2.5)
     projector_dim: int = 2048  # projector MLP hidden width (spec 2.5)
+    projector: str = "mlp"  # REPA head: "mlp" (REPA) | "conv" (iREPA); see repae.models.projectors
+    # The official REPA/REPA-E code declares the sin-cos table frozen but passes it to the optimiser
+    # and re-enables its gradient every step, so it is trained there. False (default): fixed, as the
+    # paper describes; True: a trainable parameter initialised with the sin-cos table, as officially run.
+    learn_pos_embed: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "z_dims", tuple(int(z) for z in self.z_dims))
@@ -73,7 +80,7 @@ class SiTConfig:
         if not 1 <= self.encoder_depth <= self.depth:
             raise ConfigError(
                 f"encoder_depth={self.encoder_depth} must be between 1 and the SiT depth {self.depth}; "
-                f"set encoder_depth (align.encoder_depth) to a block index in 1..{self.depth}"
+                f"set model.encoder_depth to a block index in 1..{self.depth}"
             )
         if self.hidden_size % self.num_heads != 0 or self.hidden_size % 4 != 0:
             raise ConfigError(
@@ -81,6 +88,8 @@ class SiTConfig:
             )
         if self.class_dropout_prob < 0 or self.class_dropout_prob > 1:
             raise ConfigError(f"class_dropout_prob={self.class_dropout_prob} must lie in [0, 1]")
+        if self.projector not in PROJECTORS:
+            raise ConfigError(f"unknown projector {self.projector!r}; set align.projector to one of: {', '.join(PROJECTORS)}")
 
 
 @dataclass
@@ -100,15 +109,9 @@ class SiTOutput:
 # ----------------------------------------------------------------------------------------------
 
 
-def _projector(hidden_size: int, projector_dim: int, z_dim: int) -> nn.Sequential:
-    """REPA head: ``Linear(D, 2048) - SiLU - Linear(2048, 2048) - SiLU - Linear(2048, D_enc)`` (spec 2.5)."""
-    return nn.Sequential(
-        nn.Linear(hidden_size, projector_dim),
-        nn.SiLU(),
-        nn.Linear(projector_dim, projector_dim),
-        nn.SiLU(),
-        nn.Linear(projector_dim, z_dim),
-    )
+def _projector(hidden_size: int, projector_dim: int, z_dim: int, kind: str = "mlp") -> nn.Module:
+    """REPA head (spec 2.5) or iREPA's conv head; see :func:`repae.models.projectors.build_projector`."""
+    return build_projector(kind, hidden_size=hidden_size, projector_dim=projector_dim, z_dim=z_dim)
 
 
 class SiT(nn.Module):
@@ -125,20 +128,24 @@ class SiT(nn.Module):
         self.y_embedder = LabelEmbedder(
             num_classes=config.num_classes, hidden_size=D, dropout_prob=config.class_dropout_prob
         )
-        # Fixed (non-trainable) table; a persistent buffer so it is saved but never optimised.
-        self.register_buffer("pos_embed", torch.zeros(1, config.num_tokens, D), persistent=True)  # [1, T, D]
+        if config.learn_pos_embed:  # reproduces official runs: their "frozen" table sits in the optimiser
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, D))  # [1, T, D], sin-cos init
+        else:  # the paper's design: a fixed table, a persistent buffer so it is saved but never optimised
+            self.register_buffer("pos_embed", torch.zeros(1, config.num_tokens, D), persistent=True)  # [1, T, D]
         self.blocks = nn.ModuleList(
             SiTBlock(hidden_size=D, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qk_norm=config.qk_norm)
             for _ in range(config.depth)
         )
-        self.projectors = nn.ModuleList(_projector(D, config.projector_dim, z) for z in config.z_dims)
+        self.projectors = nn.ModuleList(
+            _projector(D, config.projector_dim, z, config.projector) for z in config.z_dims
+        )
         self.final_layer = FinalLayer(hidden_size=D, patch_size=p, out_channels=C)
         self.initialize_weights()
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs: Any) -> "SiT":
+    def from_preset(cls, name: str, **kwargs: Any) -> SiT:
         """Same as :func:`build_sit`."""
         return build_sit(name, **kwargs)
 
@@ -177,7 +184,7 @@ class SiT(nn.Module):
         return self.config.num_tokens
 
     def num_params(self, include_projectors: bool = False) -> int:
-        """Number of trainable-tensor elements (the fixed ``pos_embed`` buffer is not counted)."""
+        """Number of trainable-tensor elements (the fixed ``pos_embed`` buffer is not counted unless learnt)."""
         return sum(
             p.numel()
             for name, p in self.named_parameters()
@@ -275,6 +282,8 @@ def sit_config(
     encoder_depth: int | None = None,
     class_dropout_prob: float = 0.1,
     qk_norm: bool = False,
+    projector: str = "mlp",
+    learn_pos_embed: bool = False,
 ) -> SiTConfig:
     """The validated :class:`SiTConfig` of preset ``name`` (see :func:`build_sit` for arguments)."""
     if name not in SIT_PRESETS:
@@ -289,6 +298,8 @@ def sit_config(
         num_classes=num_classes,
         class_dropout_prob=class_dropout_prob,
         qk_norm=qk_norm,
+        projector=projector,
+        learn_pos_embed=learn_pos_embed,
         z_dims=tuple(z_dims),
     )
     cfg.validate()
@@ -307,6 +318,9 @@ def build_sit(name: str, **kwargs) -> SiT:
             default (8; 2 for the tiny ``SiT-T`` presets).
         class_dropout_prob: CFG label-dropout probability (0.1).
         qk_norm: QK-LayerNorm in attention (off in REPA-E).
+        projector: REPA head, ``"mlp"`` (REPA) or ``"conv"`` (iREPA); ``align.projector``.
+        learn_pos_embed: train the sin-cos position table (``model.learn_pos_embed``; reproduces
+            the official code, whose "frozen" table is trained by accident). Default fixed.
 
     Raises:
         ConfigError: unknown name, ``encoder_depth`` outside ``1..depth``, or ``input_size`` not

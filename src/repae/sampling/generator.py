@@ -23,9 +23,10 @@ import contextlib
 import math
 import os
 import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,7 +143,7 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, ema: bool = True,
-                        map_location: str | torch.device = "cpu") -> "Generator":
+                        map_location: str | torch.device = "cpu") -> Generator:
         """Rebuild the sampling pipeline of a ``repae`` checkpoint (a run folder or ``step-XXXXXXX``).
 
         Live VAE + (EMA) SiT + (EMA) normaliser statistics, exactly as the trainer samples them.
@@ -169,7 +170,7 @@ class Generator:
         return gen
 
     @classmethod
-    def from_trainer(cls, trainer: Any, *, ema: bool = True) -> "Generator":
+    def from_trainer(cls, trainer: Any, *, ema: bool = True) -> Generator:
         """The pipeline on a live trainer's current weights (EMA SiT + EMA normaliser by default).
 
         The tokenizer is copied so that loading the EMA normaliser statistics never touches the
@@ -194,7 +195,7 @@ class Generator:
             return p.device
         return torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> "Generator":
+    def to(self, device: torch.device | str) -> Generator:
         """Move model and tokenizer to ``device``; returns self."""
         self.model.to(device)
         if isinstance(self.tokenizer, torch.nn.Module):

@@ -12,7 +12,7 @@ not the 3-channel DiT quirk, spec-related-methods 7.4).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

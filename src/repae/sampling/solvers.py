@@ -33,7 +33,8 @@ CFG velocity (up to float rounding), and the SDE can take the same guided veloci
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

@@ -8,8 +8,8 @@ full-batch with L-BFGS (strong-Wolfe line search) and an L2 penalty; it is deter
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

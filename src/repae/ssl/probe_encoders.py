@@ -9,7 +9,7 @@ Prints the accuracy and writes a JSON ``{accuracy, train_accuracy, ...}`` (``--o
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -20,6 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from repae.conventions import uint8_to_unit
 from repae.errors import ConfigError, MissingWeightsError
+from repae.utils.assets import asset
 
 VIT_T4_KWARGS: dict = dict(
     img_size=32,         # input resolution the encoder is trained at
@@ -33,7 +34,7 @@ VIT_T4_KWARGS: dict = dict(
     class_token=True,
     global_pool="token",
 )
-ASSET_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "repae-vit-t4-fmnist.safetensors"
+ASSET_WEIGHTS = asset("repae-vit-t4-fmnist.safetensors")
 
 
 def build_vit_t4(*, dynamic_img_size: bool = False, **overrides) -> VisionTransformer:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -135,18 +135,39 @@ def to_scale_bias(mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tens
 
 
 def load_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read (mean [C], std [C]) from our JSON (or a saved tokenizer folder) or a REPA-E ``-latents-stats.pt``."""
+    """Read (mean [C], std [C]) from any of the layouts users have on disk.
+
+    * ``repae``: JSON ``{mean, std, ...}`` (``repae latent-stats``), or a saved tokenizer folder;
+    * REPA-E ``*-latents-stats.pt``: ``{latents_scale [1, C, 1, 1], latents_bias [1, C, 1, 1]}`` with
+      bias = mean and scale = 1/std (spec-repae.md 3.6);
+    * VA-VAE / LightningDiT ``latents_stats.pt``: ``{mean [1, C, 1, 1], std [1, C, 1, 1]}``
+      (spec-related-methods.md 1.5).
+
+    ``.pt`` files are read with ``torch.load(weights_only=True)``: no pickled code can run.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / "latent_stats.json"
     if not p.is_file():
         raise MissingWeightsError(f"latent statistics not found at {p}",
                                   "run 'repae latent-stats --out FILE' or pass an existing stats file")
-    if p.suffix == ".pt":
-        d = torch.load(p, map_location="cpu", weights_only=True)
-        if not {"latents_scale", "latents_bias"} <= set(d):
-            raise ConfigError(f"{p} lacks latents_scale/latents_bias; expected a REPA-E -latents-stats.pt file")
-        return d["latents_bias"].float().reshape(-1), (1.0 / d["latents_scale"].float()).reshape(-1)
+    if p.suffix in (".pt", ".pth", ".bin"):
+        try:
+            d = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file, said in one line
+            raise ConfigError(f"{p} is not a readable torch statistics file ({type(err).__name__}); expected a "
+                              "REPA-E -latents-stats.pt or a VA-VAE latents_stats.pt") from None
+        if isinstance(d, dict) and {"latents_scale", "latents_bias"} <= set(d):
+            return d["latents_bias"].float().reshape(-1), (1.0 / d["latents_scale"].float()).reshape(-1)
+        if isinstance(d, dict) and {"mean", "std"} <= set(d):
+            return torch.as_tensor(d["mean"]).float().reshape(-1), torch.as_tensor(d["std"]).float().reshape(-1)
+        keys = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise ConfigError(f"{p} holds {keys}; expected {{latents_scale, latents_bias}} (REPA-E) or "
+                          "{mean, std} (VA-VAE)")
+    try:
+        d = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"{p} is not JSON; statistics files are .json (repae) or .pt (REPA-E / VA-VAE)") from None
     d = json.loads(p.read_text())
     if not {"mean", "std"} <= set(d):
         raise ConfigError(f"{p} lacks 'mean'/'std'; expected a JSON written by 'repae latent-stats'")

@@ -160,7 +160,7 @@ class Tokenizer(nn.Module):
         stats: str | os.PathLike | None = None,
         momentum: float = 0.1,
         eps: float = 1e-4,
-    ) -> "Tokenizer":
+    ) -> Tokenizer:
         """Build a preset; optionally load VAE ``weights`` (strict) and latent ``stats`` from local files."""
         tok = cls(get_vae_config(name), momentum=momentum, eps=eps, preset=name)
         if weights is not None:
@@ -172,7 +172,7 @@ class Tokenizer(nn.Module):
         return tok
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, require_stats: bool = True) -> "Tokenizer":
+    def from_pretrained(cls, directory: str | os.PathLike, *, require_stats: bool = True) -> Tokenizer:
         """Load a folder written by :meth:`save_pretrained` (or any diffusers AutoencoderKL folder).
 
         ``latent_stats.json`` restores the normaliser bit-exactly; without it a MissingWeightsError is
@@ -261,6 +261,11 @@ class Tokenizer(nn.Module):
     @property
     def config(self) -> VAEConfig:
         return self._config
+
+    @property
+    def decoder_last_layer(self) -> torch.Tensor:
+        """The decoder's final conv weight (``W`` of the taming/LDM adaptive GAN weight, eq. 7)."""
+        return self.vae.decoder.conv_out.weight
 
     @property
     def latent_channels(self) -> int:

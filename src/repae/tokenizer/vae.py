@@ -102,7 +102,7 @@ class VAEConfig:
         )
 
     @classmethod
-    def from_diffusers_config(cls, cfg) -> "VAEConfig":
+    def from_diffusers_config(cls, cfg) -> VAEConfig:
         """Inverse of :meth:`to_diffusers_kwargs` for a diffusers ``config.json`` dict.
 
         Raises ConfigError for diffusers options this project does not model (no quant convs,
@@ -196,7 +196,7 @@ class DiagonalGaussian:
         self.var = torch.exp(self.logvar)  # [B, C, h, w]
 
     @classmethod
-    def from_mean_std(cls, mean: torch.Tensor, std: torch.Tensor) -> "DiagonalGaussian":
+    def from_mean_std(cls, mean: torch.Tensor, std: torch.Tensor) -> DiagonalGaussian:
         """Rebuild a posterior from cached (mean, std) latents (spec 7.2 stores std, not logvar)."""
         return cls(torch.cat([mean, 2.0 * torch.log(std)], dim=1))
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 
-
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB -> GiB
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from repae.config import RunConfig
@@ -24,7 +23,7 @@ def validate_config(cfg: RunConfig) -> Recipe:
     if cfg.model.preset not in SIT_PRESETS:
         raise ConfigError(f"unknown SiT preset '{cfg.model.preset}'; choose one of: {', '.join(SIT_PRESETS)}")
     preset = SIT_PRESETS[cfg.model.preset]
-    depth, patch = preset["depth"], preset["patch_size"]
+    depth, patch = preset["depth"], (preset["patch_size"] if recipe.build_sit else 1)  # `vae`: no SiT
     factor = vae_cfg.downsample_factor * patch
     if cfg.data.resolution % factor:
         raise ConfigError(
@@ -45,6 +44,9 @@ def validate_config(cfg: RunConfig) -> Recipe:
         raise ConfigError("train.batch_size must be divisible by train.grad_accum")
     if recipe.cached_latents and not cfg.data.latents:
         raise ConfigError("recipe 'ldm' trains on cached latents: set data.latents (made by `repae cache-latents`)")
+    from repae.losses.tokenizer_reg import validate_tokreg
+
+    validate_tokreg(cfg, recipe)  # SE / EQ-VAE / VF keys (tokreg.*)
     return recipe
 
 
@@ -68,10 +70,13 @@ def build_tokenizer(cfg: RunConfig, recipe: Recipe):
         tok = Tokenizer.from_preset(cfg.tokenizer.preset, weights=weights, momentum=cfg.tokenizer.bn_momentum)
         has_stats = False
     if cfg.tokenizer.stats:
-        stats = json.loads(Path(cfg.tokenizer.stats).read_text())
-        import torch
+        from repae.tokenizer.stats import load_stats  # repae JSON, REPA-E and VA-VAE .pt layouts
 
-        tok.normalizer.set_statistics(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+        mean, std = load_stats(cfg.tokenizer.stats)
+        if mean.numel() != tok.latent_channels:
+            raise ConfigError(f"tokenizer.stats={cfg.tokenizer.stats} has {mean.numel()} channels but the tokenizer "
+                              f"has {tok.latent_channels}: give the statistics of the same VAE")
+        tok.normalizer.set_statistics(mean, std)
         has_stats = True
     return tok, has_stats
 
@@ -112,6 +117,7 @@ def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
         encoder_depth=cfg.model.encoder_depth,
         class_dropout_prob=cfg.model.class_dropout_prob,
         qk_norm=cfg.model.qk_norm,
+        learn_pos_embed=cfg.model.learn_pos_embed,
     )
 
 

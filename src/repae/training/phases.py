@@ -13,6 +13,10 @@ here as code (never as ``requires_grad`` toggles on shared modules):
 * SiT phase: flow-matching loss + ``lambda_g * REPA`` on ``z.detach()`` (stop-gradient: the
   diffusion loss never reaches the VAE), reusing the VAE phase's ``t`` and noise; the normaliser
   uses and updates batch statistics; label dropout on.
+* Tokenizer regularisers (SE / EQ-VAE / VF, :mod:`repae.losses.tokenizer_reg`) join the VAE
+  phase: on an EQ-VAE step L_REG *and* the discriminator phase score ``(tau(x), Dec(tau(z)))``;
+  the VF projection trains with the VAE; the foundation model is frozen (no graph). The
+  tokenizer-only recipe ``vae`` runs the VAE and discriminator phases and no SiT phase.
 
 All randomness of a step (posterior noise, t, diffusion noise, label-drop mask) is drawn for the
 *global* batch from a generator seeded by (seed, step, micro-batch) and sliced to the rank's
@@ -30,26 +34,32 @@ from torch.func import functional_call
 
 from repae.conventions import uint8_to_unit
 from repae.losses.alignment import repa_loss
-from repae.tokenizer.vae import DiagonalGaussian
+from repae.losses.tokenizer_reg import TokenizerForward, TokRegDraw, foundation_features
 from repae.training.recipes import Recipe
-
 
 # --- modules that wrap the networks for one DDP forward each ------------------------------------
 
 
 class VAEForward(nn.Module):
-    """Encode, sample the posterior with given noise, decode (spec 1.3 step C)."""
+    """Encode, sample the posterior with given noise, decode (spec 1.3 step C).
 
-    def __init__(self, tokenizer: nn.Module, *, decode: bool = True):
+    With a :class:`~repae.losses.tokenizer_reg.TokenizerRegularizer` the regulariser runs the
+    whole VAE side (its extra decodes and the VF projection), so DDP syncs the projection too.
+    """
+
+    def __init__(self, tokenizer: nn.Module, *, decode: bool = True, tokreg: nn.Module | None = None):
         super().__init__()
         self.tokenizer = tokenizer
         self.decode = decode  # False when nothing uses the reconstruction (the w/o-L_REG ablation)
+        self.tokreg = tokreg
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, draw=None) -> TokenizerForward:
+        if self.tokreg is not None:
+            return self.tokreg(self.tokenizer, x, eps, draw)
         posterior = self.tokenizer.encode(x)
         z = posterior.mean + posterior.std * eps  # [b, C, h, w] posterior sample, fp32
         recon = self.tokenizer.decode(z) if self.decode else None  # [b, 3, H, W]
-        return posterior.mean, posterior.logvar, z, recon
+        return TokenizerForward(mean=posterior.mean, logvar=posterior.logvar, z=z, recon=recon, target=x)
 
 
 class AlignedSiT(nn.Module):
@@ -96,10 +106,11 @@ class StepRandomness:
     t: torch.Tensor  # [b]
     noise: torch.Tensor  # [b, C, h, w]
     drop: torch.Tensor  # [b] bool, label dropped to the null class
+    tokreg: TokRegDraw | None = None  # SE / EQ-VAE choices of the step (drawn after the above)
 
     @classmethod
     def draw(cls, *, generator: torch.Generator, global_batch: int, rows: slice, latent_shape, time_sampler,
-             drop_prob: float, device) -> "StepRandomness":
+             drop_prob: float, device) -> StepRandomness:
         shape = (global_batch, *latent_shape)
         eps = torch.randn(shape, generator=generator)  # [B, C, h, w]
         t = time_sampler.sample(global_batch, generator=generator)  # [B]
@@ -121,6 +132,7 @@ class PhaseOutput:
 class VAEPhaseOutput(PhaseOutput):
     z: torch.Tensor | None = None  # raw posterior sample (attached to the VAE graph)
     recon: torch.Tensor | None = None
+    target: torch.Tensor | None = None  # the "real" side of recon: x, or tau(x) on an EQ-VAE step
 
 
 @dataclass
@@ -139,6 +151,8 @@ class PhaseContext:
     proj_coeff: float
     vae_align_coeff: float
     num_classes: int
+    tokreg: nn.Module | None = None  # TokenizerRegularizer (unwrapped), None when all are off
+    vf_encoder: nn.Module | None = None  # frozen foundation model of the VF loss
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -160,14 +174,25 @@ def encode_frozen(ctx: PhaseContext, images: torch.Tensor, rnd: StepRandomness,
 def vae_phase(ctx: PhaseContext, images, labels, targets, rnd: StepRandomness, step: int) -> VAEPhaseOutput:
     """L_REG + lambda_v * REPA through the frozen SiT (spec 1.3 steps C-F)."""
     x = uint8_to_unit(images)  # [b, 3, H, W] in [-1, 1]
-    mean, logvar, z, recon = ctx.vae_forward(x, rnd.posterior_eps)
+    fwd = ctx.vae_forward(x, rnd.posterior_eps, rnd.tokreg)
+    z, recon = fwd.z, fwd.recon
     loss = z.new_zeros(())
     metrics: dict[str, torch.Tensor] = {}
-    if ctx.recipe.l_reg:
-        posterior = DiagonalGaussian(torch.cat([mean, logvar], dim=1))
-        out = ctx.lreg.generator_loss(x, recon, posterior, step)
+    if ctx.recipe.l_reg:  # on (target, recon): the transformed pair on an EQ-VAE step
+        last_layer = ctx.tokenizer.decoder_last_layer if ctx.lreg.adaptive_disc_weight else None
+        out = ctx.lreg.generator_loss(fwd.target, recon, fwd.kl_posterior(), step, last_layer=last_layer)
         loss = loss + out.loss
         metrics.update(out.metrics)
+    if ctx.tokreg is not None:  # SE and VF terms (repae.losses.tokenizer_reg)
+        feats = None
+        if ctx.vf_encoder is not None:
+            feats = foundation_features(ctx.vf_encoder, images, grid=tuple(z.shape[-2:]), pixels=ctx.tokreg.vf_pixels)
+        tout = ctx.tokreg.loss(fwd, lreg=ctx.lreg, step=step, features=feats,
+                               last_layer=ctx.tokenizer.vae.encoder.conv_out.weight)
+        loss = loss + tout.loss
+        metrics.update(tout.metrics)
+        if ctx.tokreg.eq_prob > 0:
+            metrics["eq_step"] = z.new_tensor(float(rnd.tokreg.eq_mode == "equivariance"))
     if ctx.recipe.vae_align:
         z_n = ctx.tokenizer.normalizer.normalize(z, update=False)  # running statistics, no update
         noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
@@ -178,12 +203,15 @@ def vae_phase(ctx: PhaseContext, images, labels, targets, rnd: StepRandomness, s
         loss = loss + ctx.vae_align_coeff * align
         metrics["vae_align_loss"] = align.detach()
     metrics["vae_loss"] = loss.detach()
-    return VAEPhaseOutput(loss=loss, metrics=metrics, z=z, recon=recon)
+    return VAEPhaseOutput(loss=loss, metrics=metrics, z=z, recon=recon, target=fwd.target)
 
 
-def discriminator_phase(ctx: PhaseContext, images, recon: torch.Tensor, step: int) -> PhaseOutput:
-    """Hinge loss on real vs the pre-update reconstruction (spec 1.3 step H, 4.6)."""
-    x = uint8_to_unit(images)
+def discriminator_phase(ctx: PhaseContext, images, recon: torch.Tensor, step: int,
+                        target: torch.Tensor | None = None) -> PhaseOutput:
+    """Hinge loss on real vs the pre-update reconstruction (spec 1.3 step H, 4.6). ``target``
+    replaces the real images when the VAE phase compared ``recon`` with a transformed image
+    (EQ-VAE: the discriminator sees the transformed pair, spec-related-methods 2.1)."""
+    x = uint8_to_unit(images) if target is None else target.detach()
     loss, metrics = ctx.disc_loss(x, recon.detach(), step)
     return PhaseOutput(loss=loss, metrics={k: v.detach() for k, v in metrics.items()})
 

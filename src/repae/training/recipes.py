@@ -15,13 +15,16 @@ no-normalizer       yes        1.5 REPA    yes    0.5 REPA   yes        frozen  
 no-lreg             yes        1.5 REPA    no     0.5 REPA   yes        yes         weights
 vae-scratch         yes        1.5 REPA    yes    0.5 REPA   yes        yes         random
 ldm                 no         -           -      0.5 REPA   (frozen)   no          cached
+vae                 yes        -           yes    (no SiT)   -          stats only  weights
 ==================  =========  ==========  =====  =========  =========  ==========  =========
 
 "no-normalizer" keeps the normaliser at its initial statistics for the whole run (a fixed
 per-channel affine map, like SD-VAE's constant 0.18215), which is how the paper's "w/o
 batch-norm" row replaces the BN layer. "e2e-diffusion" is the naive end-to-end baseline of the
 paper's Table 1: the diffusion loss is back-propagated into the VAE and there is no separate
-alignment pass through a frozen SiT.
+alignment pass through a frozen SiT. "vae" builds no SiT: it trains or fine-tunes the tokenizer
+alone (from ``tokenizer.weights``, or from scratch when unset) with L_REG plus any of the SE /
+EQ-VAE / VF regularisers (``tokreg.*``, docs/tokenizer-regularisers.md).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from repae.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     train_vae: bool  # the VAE has an optimizer and is updated
     vae_align: bool  # VAE phase adds lambda_v * REPA through the frozen SiT
@@ -41,18 +44,32 @@ class Recipe:
     update_normalizer: bool  # latent BatchNorm uses batch statistics and updates running ones
     vae_random_init: bool = False  # ignore tokenizer.weights and start the VAE from scratch
     cached_latents: bool = False  # read posterior mean/std from `repae cache-latents` output
+    build_sit: bool = True  # False: no SiT at all, only the tokenizer (+ discriminator) trains (`vae`)
 
 
 RECIPES: dict[str, Recipe] = {
-    "repa-e": Recipe(True, True, True, True, True, True),
-    "repa": Recipe(False, False, False, True, True, False),
-    "vanilla": Recipe(False, False, False, False, True, False),
-    "e2e-diffusion": Recipe(True, False, True, True, False, True),
-    "no-stopgrad": Recipe(True, True, True, True, False, True),
-    "no-normalizer": Recipe(True, True, True, True, True, False),
-    "no-lreg": Recipe(True, True, False, True, True, True),
-    "vae-scratch": Recipe(True, True, True, True, True, True, vae_random_init=True),
-    "ldm": Recipe(False, False, False, True, True, False, cached_latents=True),
+    "repa-e": Recipe(train_vae=True, vae_align=True, l_reg=True,
+                     sit_align=True, stop_grad=True, update_normalizer=True),
+    "repa": Recipe(train_vae=False, vae_align=False, l_reg=False,
+                   sit_align=True, stop_grad=True, update_normalizer=False),
+    "vanilla": Recipe(train_vae=False, vae_align=False, l_reg=False,
+                      sit_align=False, stop_grad=True, update_normalizer=False),
+    "e2e-diffusion": Recipe(train_vae=True, vae_align=False, l_reg=True,
+                            sit_align=True, stop_grad=False, update_normalizer=True),
+    "no-stopgrad": Recipe(train_vae=True, vae_align=True, l_reg=True,
+                          sit_align=True, stop_grad=False, update_normalizer=True),
+    "no-normalizer": Recipe(train_vae=True, vae_align=True, l_reg=True,
+                            sit_align=True, stop_grad=True, update_normalizer=False),
+    "no-lreg": Recipe(train_vae=True, vae_align=True, l_reg=False,
+                      sit_align=True, stop_grad=True, update_normalizer=True),
+    "vae-scratch": Recipe(train_vae=True, vae_align=True, l_reg=True,
+                          sit_align=True, stop_grad=True, update_normalizer=True, vae_random_init=True),
+    "ldm": Recipe(train_vae=False, vae_align=False, l_reg=False,
+                  sit_align=True, stop_grad=True, update_normalizer=False, cached_latents=True),
+    # tokenizer only: L_REG + the regularisers of repae.losses.tokenizer_reg; the normaliser tracks
+    # the latent's batch statistics so export-vae writes current ones
+    "vae": Recipe(train_vae=True, vae_align=False, l_reg=True, sit_align=False, stop_grad=True,
+                  update_normalizer=True, build_sit=False),
 }
 
 

@@ -35,8 +35,8 @@ from repae.training.builders import (
 )
 from repae.training.checkpoint import latest_checkpoint, read_checkpoint, restore_optimizers, save_checkpoint
 from repae.training.ema import EMA
-from repae.training.hooks import due
 from repae.training.engine import setup_distributed, step_generator
+from repae.training.hooks import due
 from repae.utils.io import write_json
 
 log = logging.getLogger("repae.train")
@@ -75,8 +75,9 @@ class Trainer:
         self.z_dims = encoder_dims(cfg) if self.encoders else ()
         self.tokenizer, has_stats = build_tokenizer(cfg, recipe)
         self.tokenizer.to(dev)
-        self.sit = build_sit_for(cfg, self.tokenizer, z_dims=self.z_dims).to(dev)
-        check_token_counts(cfg, self.sit, self.encoders)
+        self.sit = build_sit_for(cfg, self.tokenizer, z_dims=self.z_dims).to(dev) if recipe.build_sit else None
+        if self.sit is not None:
+            check_token_counts(cfg, self.sit, self.encoders)
         self.latent_shape = self.tokenizer.latent_shape(cfg.data.resolution)
 
         from repae.data import build_dataset
@@ -111,30 +112,44 @@ class Trainer:
                 disc_start=lc.disc_start, lecam_weight=lc.lecam_weight, adaptive_disc_weight=lc.adaptive_disc_weight,
                 vgg_weights=lc.vgg_weights, disc_weights=lc.disc_weights,
             ).to(dev)
+        from repae.losses.tokenizer_reg import build_tokreg, build_vf_encoder
+
+        self.tokreg = build_tokreg(cfg, self.latent_shape)  # SE / EQ-VAE / VF; None when all are off
+        self.vf_encoder = None
+        if self.tokreg is not None:
+            self.tokreg.to(dev)
+            if self.tokreg.vf_weight > 0:  # frozen, its patch grid = the latent grid
+                self.vf_encoder = build_vf_encoder(cfg, self.latent_shape[1], dev, random_init=self._random_encoders)
         if not recipe.train_vae:
             self.tokenizer.requires_grad_(False)
         elif cfg.train.vae_checkpointing:
             self.tokenizer.vae.enable_gradient_checkpointing()  # diffusers: per-block recomputation
 
-        self.aligned = phases.AlignedSiT(self.sit)
-        self.ema = EMA(model=self.sit, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
+        self.aligned = phases.AlignedSiT(self.sit) if self.sit is not None else None
+        # the EMA follows the SiT; in the tokenizer-only recipe the VAE (tokreg.ema) or nothing
+        # (only the normaliser statistics, which export-vae reads)
+        self._ema_source = self.sit if self.sit is not None else (
+            self.tokenizer.vae if cfg.tokreg.ema else torch.nn.Module())
+        self.ema = EMA(model=self._ema_source, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
         wrap = self.engine.wrap
-        self.sit_ddp = wrap(self.aligned)
-        self.vae_ddp = (wrap(phases.VAEForward(self.tokenizer, decode=recipe.l_reg), find_unused=not recipe.l_reg)
-                        if recipe.train_vae else None)
+        self.sit_ddp = wrap(self.aligned) if self.aligned is not None else None
+        self.vae_ddp = (wrap(phases.VAEForward(self.tokenizer, decode=recipe.l_reg, tokreg=self.tokreg),
+                             find_unused=not recipe.l_reg) if recipe.train_vae else None)
         self.disc_ddp = wrap(phases.DiscriminatorLoss(self.lreg)) if self.lreg is not None else None
         if cfg.train.compile:
-            self.sit_ddp = torch.compile(self.sit_ddp)
+            if self.sit_ddp is not None:
+                self.sit_ddp = torch.compile(self.sit_ddp)
             if self.vae_ddp is not None:
                 self.vae_ddp = torch.compile(self.vae_ddp)
 
         oc = cfg.optim
         adam = dict(betas=tuple(oc.betas), weight_decay=oc.weight_decay, eps=oc.eps)
-        self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "opt_sit": torch.optim.AdamW([p for p in self.sit.parameters() if p.requires_grad], lr=oc.lr, **adam)
-        }
-        if recipe.train_vae:
-            self.optimizers["opt_vae"] = torch.optim.AdamW(self.tokenizer.vae.parameters(), lr=oc.vae_lr, **adam)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if self.sit is not None:
+            self.optimizers["opt_sit"] = torch.optim.AdamW([p for p in self.sit.parameters() if p.requires_grad],
+                                                           lr=oc.lr, **adam)
+        if recipe.train_vae:  # the VF projection trains with the VAE (spec-related-methods 1.3)
+            self.optimizers["opt_vae"] = torch.optim.AdamW(self._vae_params(), lr=oc.vae_lr, **adam)
         if self.lreg is not None:
             self.optimizers["opt_disc"] = torch.optim.AdamW(self.lreg.discriminator.parameters(), lr=oc.disc_lr, **adam)
         self.scaler = torch.amp.GradScaler(self.engine.device.type, enabled=self.engine.mixed_precision == "fp16")
@@ -144,7 +159,13 @@ class Trainer:
             sit_unwrapped=self.aligned, objective=self.objective, lreg=self.lreg, disc_loss=self.disc_ddp,
             encoder_depth=cfg.model.encoder_depth, proj_coeff=cfg.align.proj_coeff,
             vae_align_coeff=cfg.align.vae_align_coeff, num_classes=cfg.model.num_classes,
+            tokreg=self.tokreg, vf_encoder=self.vf_encoder,
         )
+
+    def _vae_params(self) -> list[torch.nn.Parameter]:
+        """What the VAE optimizer updates: the VAE and the tokenizer regularisers' parameters."""
+        extra = list(self.tokreg.parameters()) if self.tokreg is not None else []
+        return list(self.tokenizer.vae.parameters()) + extra
 
     @property
     def sampler(self):
@@ -214,11 +235,15 @@ class Trainer:
             imgs = images[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
             ys = labels[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
             mom = None if moments is None else moments[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
+            gen = step_generator(cfg.train.seed, self.step, m)
             rnd = phases.StepRandomness.draw(
-                generator=step_generator(cfg.train.seed, self.step, m), global_batch=global_micro, rows=rows,
+                generator=gen, global_batch=global_micro, rows=rows,
                 latent_shape=self.latent_shape, time_sampler=self.objective.time_sampler,
                 drop_prob=cfg.model.class_dropout_prob, device=eng.device,
             )
+            if self.tokreg is not None:  # drawn after the above: the other draws do not change
+                rnd.tokreg = self.tokreg.draw(gen, global_batch=global_micro, rows=rows,
+                                              latent_channels=self.latent_shape[0], device=eng.device)
             with torch.no_grad(), eng.autocast():
                 targets = [enc(imgs).float() for enc in self.encoders]  # each [b, N, D_enc]
             micro.append((imgs, ys, targets, rnd, mom))
@@ -229,10 +254,11 @@ class Trainer:
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v.float() / accum
 
-        vae_params = list(self.tokenizer.vae.parameters())
-        sit_params = [p for p in self.sit.parameters() if p.requires_grad]
+        vae_params = self._vae_params()
+        sit_params = [p for p in self.sit.parameters() if p.requires_grad] if self.sit is not None else []
         self.tokenizer.train()
-        self.sit.train()
+        if self.sit is not None:
+            self.sit.train()
         if recipe.train_vae and recipe.stop_grad:
             # REPA-E order (spec 1.3): VAE step -> discriminator step -> SiT step, one VAE forward.
             stash = []
@@ -241,20 +267,25 @@ class Trainer:
                     out = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
                 self._backward(out.loss)
                 add(out)
-                stash.append((out.z.detach(), None if out.recon is None else out.recon.detach()))
+                stash.append((out.z.detach(), None if out.recon is None else out.recon.detach(), out.target.detach()))
             metrics["grad_norm_vae"] = self._clip_step("opt_vae", vae_params)
             if self.lreg is not None:
-                for (imgs, *_), (_, recon) in zip(micro, stash):
-                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step)
+                for (imgs, *_), (_, recon, target) in zip(micro, stash):
+                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step, target=target)
                     self._backward(out.loss)
                     add(out)
                 metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
-            for (imgs, ys, targets, rnd, _), (z, _) in zip(micro, stash):
-                with eng.autocast():
-                    out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
-                self._backward(out.loss)
-                add(out)
-            metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
+            if self.sit is None:  # tokenizer only (`vae`): the normaliser tracks the latent statistics
+                with torch.no_grad():
+                    for z, *_ in stash:
+                        self.tokenizer.normalizer.normalize(z, update=recipe.update_normalizer)
+            else:
+                for (imgs, ys, targets, rnd, _), (z, *_) in zip(micro, stash):
+                    with eng.autocast():
+                        out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
+                    self._backward(out.loss)
+                    add(out)
+                metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
         elif recipe.train_vae:
             # No stop-gradient (naive end-to-end / ablation): one backward through both losses.
             recons = []
@@ -265,12 +296,12 @@ class Trainer:
                 self._backward(vout.loss + sout.loss)
                 add(vout)
                 add(sout)
-                recons.append(vout.recon.detach())
+                recons.append((vout.recon.detach(), vout.target.detach()))
             metrics["grad_norm_vae"] = self._clip_step("opt_vae", vae_params)
             metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
             if self.lreg is not None:
-                for (imgs, *_), recon in zip(micro, recons):
-                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step)
+                for (imgs, *_), (recon, target) in zip(micro, recons):
+                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step, target=target)
                     self._backward(out.loss)
                     add(out)
                 metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
@@ -284,7 +315,7 @@ class Trainer:
                 add(out)
             metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
         self.scaler.update()
-        self.ema.update(self.sit, self.tokenizer.normalizer)
+        self.ema.update(self._ema_source, self.tokenizer.normalizer)
         self.step += 1
         return {k: float(v) for k, v in metrics.items()}
 
@@ -292,13 +323,16 @@ class Trainer:
 
     def model_state(self) -> dict[str, dict[str, torch.Tensor]]:
         models = {
-            "sit": self.sit.state_dict(),
             "vae": self.tokenizer.vae.state_dict(),
             "normalizer": self.tokenizer.normalizer.state_dict(),
             "ema": self.ema.state_dict(),
         }
+        if self.sit is not None:
+            models["sit"] = self.sit.state_dict()
         if self.lreg is not None:
             models["disc"] = self.lreg.discriminator.state_dict()
+        if self.tokreg is not None and len(self.tokreg.state_dict()):
+            models["tokreg"] = self.tokreg.state_dict()  # the VF projection (saved with the VAE)
         return models
 
     def save(self) -> Path:
@@ -316,10 +350,13 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         models, opt_tensors, state = read_checkpoint(path)
-        self.sit.load_state_dict(models["sit"])
+        if self.sit is not None:
+            self.sit.load_state_dict(models["sit"])
         self.tokenizer.vae.load_state_dict(models["vae"])
         self.tokenizer.normalizer.load_state_dict(models["normalizer"])
-        self.ema.load_state_dict({**{f"model.{k}": v for k, v in models["ema.model"].items()},
+        if self.tokreg is not None and "tokreg" in models:
+            self.tokreg.load_state_dict(models["tokreg"])
+        self.ema.load_state_dict({**{f"model.{k}": v for k, v in models.get("ema.model", {}).items()},
                                   **{f"normalizer.{k}": v for k, v in models["ema.normalizer"].items()}})
         if self.lreg is not None and "disc" in models:
             self.lreg.discriminator.load_state_dict(models["disc"])
