@@ -336,6 +336,7 @@ def test_messages_name_existing_keys_and_flags():
 # --- 10. the Python API of the README runs -----------------------------------------------------------
 
 
+@pytest.mark.slow  # a real (2-step) run with its hooks, report and export: about 30 s
 def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README has a python example"

@@ -21,10 +21,15 @@ from repae.config import RunConfig, from_dict, load_config, parse_override
 
 
 def default_hooks(cfg: RunConfig) -> list:
-    """What ``repae train`` runs besides optimisation: preview grids every ``train.sample_every`` steps."""
+    """What ``repae train`` runs besides optimisation, in this order: latent-health diagnostics every
+    ``train.diagnostics_every`` steps, preview grids every ``train.sample_every`` steps, and the HTML
+    report at the end (``train.report``)."""
+    from repae.analysis.health import LatentHealthHook
+    from repae.analysis.report import ReportHook
     from repae.sampling.preview import SampleGridHook
 
-    return [SampleGridHook(cfg.train.sample_every)]
+    hooks = [LatentHealthHook(cfg.train.diagnostics_every), SampleGridHook(cfg.train.sample_every)]
+    return hooks + ([ReportHook()] if cfg.train.report else [])
 
 
 def train(config: str | RunConfig | None = "tiny-fmnist", *, overrides: Sequence[str] = (), export: bool = True,

@@ -143,6 +143,8 @@ class TrainConfig:
     resume: bool = True  # resume from the latest complete checkpoint of the run folder
     threads: int = 0  # torch CPU threads (0 = torch default)
     report_to: str = "tensorboard"  # tensorboard | wandb | none
+    diagnostics_every: int = 50  # latent-health scalars (SV, TV, CKNNA, ...) on a held-out batch; 0 = off
+    report: bool = True  # write RUN/report.html (repae report) when the run ends
 
 
 @dataclass
@@ -285,6 +287,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "diffusion.path": ("linear", "cosine"),
     "diffusion.time_sampler": ("uniform", "lognormal"),
     "loss.perceptual": ("lpips", "laplacian", "none"),
+    "tokreg.vf_pixels": ("encoder", "vavae"),
 }
 
 

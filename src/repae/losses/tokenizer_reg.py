@@ -315,7 +315,7 @@ class TokenizerRegularizer(nn.Module):
 
     def draw(self, generator: torch.Generator, *, global_batch: int, rows: slice, latent_channels: int,
              device) -> TokRegDraw:
-        """This step's choices from the step generator. The first five draws always happen (same
+        """This step's choices from the step generator. The scalar draws always happen (same
         stream whatever is on); the low-resolution noise is drawn for the global batch and sliced."""
         i_se = int(torch.randint(len(self.se_factors), (1,), generator=generator))
         u_eq, u_low = torch.rand(2, generator=generator).tolist()
