@@ -177,6 +177,10 @@ def _documented_values() -> list[tuple[str, str]]:
     values = [(k, v) for k, vs in CHOICES.items() for v in vs]
     values += [("train.recipe", r) for r in RECIPES] + [("model.preset", p) for p in SIT_PRESETS]
     values += [("tokenizer.preset", p) for p in VAE_PRESETS] + [("sample.sampler", s) for s in SOLVERS]
+    from repae.sampling.ddpm import DDPM_SAMPLERS
+
+    values += [("sample.sampler", s) for s in DDPM_SAMPLERS] + [("align.projector", p) for p in ("mlp", "conv")]
+    values += [("align.target_norm", p) for p in ("none", "spatial")]
     values += [("align.encoders", f"[{e}]") for e in ENCODERS]
     cfg = RunConfig()
     for section in dataclasses.fields(cfg):
@@ -253,9 +257,10 @@ def _sampling_actions(verb: str) -> dict[str, tuple]:
 def test_sampling_verbs_share_one_argument_group():
     sample, evaluate = _sampling_actions("sample"), _sampling_actions("evaluate")
     assert set(sample) == set(evaluate) and sample == evaluate
+    from repae.sampling.ddpm import DDPM_SAMPLERS
     from repae.sampling.solvers import SOLVERS
 
-    assert sample["--sampler"][3] == tuple(SOLVERS)  # the help cannot name samplers that do not exist
+    assert sample["--sampler"][3] == (*SOLVERS, *DDPM_SAMPLERS)  # only samplers that exist
     assert sample["--cfg-scale"][1] is None  # unset -> the run's own sample config
     for flag in ("--guidance-interval",):
         assert flag not in {s for a in _parser("evaluate")._actions for s in a.option_strings}

@@ -145,6 +145,7 @@ class TrainConfig:
     report_to: str = "tensorboard"  # tensorboard | wandb | none
     diagnostics_every: int = 50  # latent-health scalars (SV, TV, CKNNA, ...) on a held-out batch; 0 = off
     report: bool = True  # write RUN/report.html (repae report) when the run ends
+    max_nonfinite_skips: int = 3  # consecutive NaN/inf steps (each skipped, nothing updated) before the run halts
 
 
 @dataclass
@@ -300,6 +301,53 @@ def check_choices(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{dotted}={value!r} is not one of: {', '.join(choices)}")
+
+
+# Numeric ranges, checked by check_ranges before a run builds anything: key -> (test, "must be ...").
+_POS, _NONNEG = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
+_UNIT, _UNIT_OPEN = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: 0 <= v < 1, "in [0, 1)")
+RANGES: dict[str, tuple] = {
+    "data.resolution": _POS, "data.num_workers": _NONNEG,
+    "tokenizer.bn_momentum": _UNIT, "tokenizer.stats_images": _POS,
+    "model.num_classes": _POS, "model.class_dropout_prob": _UNIT_OPEN, "model.encoder_depth": _POS,
+    "align.proj_coeff": _NONNEG, "align.vae_align_coeff": _NONNEG,
+    "loss.reconstruction_weight": _NONNEG, "loss.perceptual_weight": _NONNEG, "loss.kl_weight": _NONNEG,
+    "loss.disc_weight": _NONNEG, "loss.disc_start": _NONNEG, "loss.lecam_weight": _NONNEG,
+    "tokreg.se_weight": _NONNEG, "tokreg.eq_prob": _UNIT, "tokreg.eq_lowres_prob": _UNIT,
+    "tokreg.eq_scale_den": _NONNEG, "tokreg.eq_min_scale": _POS, "tokreg.vf_weight": _NONNEG,
+    "tokreg.vf_cos_weight": _NONNEG, "tokreg.vf_distmat_weight": _NONNEG,
+    "optim.lr": _NONNEG, "optim.vae_lr": _NONNEG, "optim.disc_lr": _NONNEG, "optim.betas": _UNIT_OPEN,
+    "optim.weight_decay": _NONNEG, "optim.eps": _POS, "optim.max_grad_norm": _POS, "optim.ema_decay": _UNIT_OPEN,
+    "train.batch_size": _POS, "train.grad_accum": _POS, "train.max_steps": _POS, "train.log_every": _POS,
+    "train.checkpoint_every": _POS, "train.keep_checkpoints": _NONNEG, "train.sample_every": _NONNEG,
+    "train.threads": _NONNEG, "train.diagnostics_every": _NONNEG, "train.max_nonfinite_skips": _POS,
+    "sample.num_images": _POS, "sample.num_steps": _POS, "sample.cfg_scale": _NONNEG,
+    "sample.guidance_low": _UNIT, "sample.guidance_high": _UNIT,
+}
+_MAY_BE_INFINITE = ("optim.max_grad_norm",)  # .inf = no clipping
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Every numeric setting is finite and in its range (:data:`RANGES`); else one line naming the key.
+
+    Run before anything is built, so ``optim.ema_decay=2`` or ``train.log_every=0`` fails at once
+    instead of training silently wrong or crashing after hours.
+    """
+    for dotted, (ok, must) in RANGES.items():
+        section, key = dotted.split(".")
+        if not hasattr(getattr(cfg, section), key):
+            continue
+        value = getattr(getattr(cfg, section), key)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            finite = v == v and (abs(v) != float("inf") or dotted in _MAY_BE_INFINITE)
+            if not finite or not ok(v):
+                raise ConfigError(f"{dotted}={value!r} is out of range: it must be {must}"
+                                  + ("" if finite else " and finite"))
+    if cfg.sample.guidance_low > cfg.sample.guidance_high:
+        raise ConfigError(f"sample.guidance_low={cfg.sample.guidance_low} is above sample.guidance_high="
+                          f"{cfg.sample.guidance_high}: the guidance interval must be low <= high")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

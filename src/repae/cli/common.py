@@ -25,11 +25,13 @@ SAMPLING_FLAGS = ("--sampler", "--num-steps", "--cfg-scale", "--guidance-low", "
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The one sampling argument group; unset flags fall back to the checkpoint's ``sample`` config."""
+    from repae.sampling.ddpm import DDPM_SAMPLERS
     from repae.sampling.solvers import SOLVERS
 
     g = parser.add_argument_group("sampling (unset flags: the run's own `sample` config)")
-    g.add_argument("--sampler", choices=list(SOLVERS), default=None,
-                   help=f"solver: {', '.join(SOLVERS)} (published REPA-E numbers: euler-maruyama, 250 steps)")
+    g.add_argument("--sampler", choices=[*SOLVERS, *DDPM_SAMPLERS], default=None,
+                   help=f"flow models (SiT, LightningDiT): {', '.join(SOLVERS)} (published REPA-E numbers: "
+                   f"euler-maruyama, 250 steps); DDPM models (DiT): {', '.join(DDPM_SAMPLERS)} (DiT: ddpm, 250)")
     g.add_argument("--num-steps", type=int, default=None, help="solver steps")
     g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale >= 1 (1 = off)")
     g.add_argument("--guidance-low", type=float, default=None, help="CFG applied for t >= this")

@@ -461,5 +461,7 @@ class DDPMObjective:
         """Per-sample loss ``[B]`` = ``mse + vb`` (see :meth:`loss_terms`)."""
         return self.loss_terms(prediction, batch).loss
 
+    batch_loss = loss  # the interface shared with FlowMatching.batch_loss
+
     def __repr__(self) -> str:
         return f"DDPMObjective({self.diffusion!r}, learn_sigma={self.learn_sigma})"

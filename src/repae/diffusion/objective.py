@@ -117,5 +117,10 @@ class FlowMatching:
         """Per-sample denoising loss ``[B]`` (mean squared velocity error over C, h, w; fp32)."""
         return per_sample_mse(prediction, target)
 
+    def batch_loss(self, prediction: Tensor, batch: NoisedBatch) -> Tensor:
+        """Per-sample loss ``[B]`` from the whole noised batch: the one interface every objective shares
+        (:class:`repae.diffusion.gaussian.DDPMObjective` needs ``x_0``, ``x_t`` and ``t`` too)."""
+        return self.loss(prediction, batch.target)
+
     def __repr__(self) -> str:
         return f"FlowMatching(path={self.path!r}, time_sampler={self.time_sampler!r})"

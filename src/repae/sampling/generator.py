@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from repae.conventions import unit_to_uint8
 from repae.errors import ConfigError
+from repae.sampling.ddpm import DDPM_SAMPLERS, get_ddpm_sampler, guided_denoiser
 from repae.sampling.guidance import guidance_active, guided_velocity, model_velocity_fn
 from repae.sampling.solvers import get_solver
 from repae.utils.io import atomic_path
@@ -233,18 +234,34 @@ class Generator:
         ``torch.Generator().manual_seed(seeds[i])`` only. ``noise`` [B, C, h, w]: explicit initial
         noise (the SDE noise then still comes from ``seeds`` if given, else the global RNG).
         """
-        solver = get_solver(sampler)
+        ddpm = self.check_sampler(sampler)
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ConfigError(f"labels must lie in [0, {self.num_classes}); got range "
                               f"[{int(labels.min())}, {int(labels.max())}]")
         x1, gens = self._initial_noise(labels.numel(), seeds, noise)  # [B, C, h, w] float32
         with _eval_mode(self.model):
+            if ddpm:  # DiT: eps + variance network, respaced DDPM / DDIM on the 1000-step process
+                fn = guided_denoiser(model_velocity_fn(self.model), labels.to(self.device), cfg_scale=cfg_scale,
+                                     interval=guidance_interval, null_label=self.num_classes)
+                return get_ddpm_sampler(sampler)(fn, x1, num_steps=num_steps, generator=gens,
+                                                 progress=progress)  # [B, C, h, w]
             velocity_fn = guided_velocity(model_velocity_fn(self.model), labels.to(self.device),
                                           cfg_scale=cfg_scale, interval=guidance_interval,
                                           null_label=self.num_classes)
-            return solver(velocity_fn, x1, num_steps=num_steps, generator=gens, progress=progress,
-                          path=self.path)  # [B, C, h, w]
+            return get_solver(sampler)(velocity_fn, x1, num_steps=num_steps, generator=gens, progress=progress,
+                                       path=self.path)  # [B, C, h, w]
+
+    def check_sampler(self, sampler: str) -> bool:
+        """Whether ``sampler`` is a DDPM sampler; ConfigError when it cannot sample this model family."""
+        ddpm_model = getattr(self.model, "objective_kind", "flow") == "ddpm"
+        if ddpm_model:
+            if sampler not in DDPM_SAMPLERS:
+                raise ConfigError(f"sampler {sampler!r} cannot sample a DDPM model (DiT); use one of: "
+                                  f"{', '.join(DDPM_SAMPLERS)}")
+            return True
+        get_solver(sampler)  # ConfigError listing the flow solvers
+        return False
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -398,7 +415,7 @@ def sample_to_outputs(generator: Generator, *, num_samples: int, batch_size: int
         raise ConfigError("nothing to write; pass out_npz (ADM .npz) and/or out_dir (PNG folder)")
     if num_samples < 1 or batch_size < 1:
         raise ConfigError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
-    get_solver(sampler)  # fail on bad settings before any work
+    generator.check_sampler(sampler)  # fail on bad settings before any work
     guidance_active(0.0, cfg_scale=cfg_scale, interval=guidance_interval)
     distributed = _dist_ready(world_size)
     if world_size > 1 and not distributed and out_dir is None:

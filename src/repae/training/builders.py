@@ -15,14 +15,15 @@ from repae.training.recipes import Recipe, get_recipe
 
 def validate_config(cfg: RunConfig) -> Recipe:
     """Cheap checks that need no weights (run first, before anything is built)."""
-    from repae.models.sit import SIT_PRESETS
+    from repae.models import MODEL_PRESETS
     from repae.tokenizer.vae import get_vae_config
 
     recipe = get_recipe(cfg.train.recipe)
     vae_cfg = get_vae_config(cfg.tokenizer.preset)
-    if cfg.model.preset not in SIT_PRESETS:
-        raise ConfigError(f"unknown SiT preset '{cfg.model.preset}'; choose one of: {', '.join(SIT_PRESETS)}")
-    preset = SIT_PRESETS[cfg.model.preset]
+    if cfg.model.preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model.preset '{cfg.model.preset}'; choose one of: {', '.join(MODEL_PRESETS)}")
+    preset = MODEL_PRESETS[cfg.model.preset]
+    check_sampler_matches_model(cfg.model.preset, cfg.sample.sampler, "sample.sampler")
     depth, patch = preset["depth"], (preset["patch_size"] if recipe.build_sit else 1)  # `vae`: no SiT
     factor = vae_cfg.downsample_factor * patch
     if cfg.data.resolution % factor:
@@ -105,10 +106,10 @@ def encoder_dims(cfg: RunConfig) -> tuple[int, ...]:
 
 
 def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
-    from repae.models.sit import build_sit
+    from repae.models import build_model
 
     channels, h, _ = tokenizer.latent_shape(cfg.data.resolution)
-    return build_sit(
+    return build_model(
         cfg.model.preset,
         input_size=h,
         in_channels=channels,
@@ -118,7 +119,19 @@ def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
         class_dropout_prob=cfg.model.class_dropout_prob,
         qk_norm=cfg.model.qk_norm,
         learn_pos_embed=cfg.model.learn_pos_embed,
+        projector=cfg.align.projector,
     )
+
+
+def check_sampler_matches_model(preset: str, sampler: str, where: str) -> None:
+    """DiT is an eps/DDPM network (samplers ddpm, ddim); SiT and LightningDiT are flow networks
+    (euler, heun, euler-maruyama). A mismatch is one line naming the key, before any work."""
+    ddpm = preset.startswith("DiT-")
+    ddpm_samplers, flow_samplers = ("ddpm", "ddim"), ("euler", "heun", "euler-maruyama")
+    allowed = ddpm_samplers if ddpm else flow_samplers
+    if sampler not in allowed:
+        raise ConfigError(f"{where}={sampler!r} cannot sample {preset} ({'a DDPM' if ddpm else 'a flow'} model); "
+                          f"use one of: {', '.join(allowed)}")
 
 
 def check_token_counts(cfg: RunConfig, sit, encoders) -> None:

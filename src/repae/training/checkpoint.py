@@ -590,3 +590,24 @@ def resume_run(trainer) -> Path | None:
         raise CheckpointError(f"checkpoint {ckpt} does not fit the models of this config ({first}); "
                               "resume with the settings it was written with or use a new train.exp_name") from None
     return ckpt
+
+
+def prepare_run(trainer) -> None:
+    """Main process, after resuming: make the run folder consistent with ``trainer.step``.
+
+    ``metrics.jsonl`` loses the records after the resumed step (they are logged again, so no step
+    appears twice) and any torn last line; the disk must hold one more checkpoint (else
+    :class:`CheckpointSpaceError` before the first step, naming the size); a fresh start
+    (``train.resume=false``) in a folder with checkpoints of an earlier run is warned about.
+    """
+    from repae.utils.io import truncate_jsonl
+
+    run_dir = trainer.cfg.run_dir
+    dropped = truncate_jsonl(run_dir / "metrics.jsonl", trainer.step)
+    if dropped:
+        log.info("metrics.jsonl: dropped %d records after step %d (they are logged again)", dropped, trainer.step)
+    if not trainer.cfg.train.resume and (old := latest_checkpoint(run_dir)) is not None:
+        log.warning("train.resume=false but %s holds checkpoints up to %s from an earlier run; a later resume may "
+                    "pick those: use a new train.exp_name for a fresh run", run_dir, old.name)
+    needed = estimate_checkpoint_bytes(trainer.model_state(), trainer.optimizers)
+    check_free_space(run_dir / "checkpoints", needed, "one checkpoint")

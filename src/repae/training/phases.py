@@ -144,7 +144,7 @@ class PhaseContext:
     vae_forward: nn.Module | None  # VAEForward, possibly DDP-wrapped
     sit: nn.Module  # AlignedSiT, possibly DDP-wrapped
     sit_unwrapped: AlignedSiT
-    objective: object  # repae.diffusion.objective.FlowMatching
+    objective: object  # FlowMatching (SiT, LightningDiT) or DDPMObjective (DiT): draw + batch_loss
     lreg: nn.Module | None  # VAERegularizationLoss (unwrapped)
     disc_loss: nn.Module | None  # DiscriminatorLoss, possibly DDP-wrapped
     encoder_depth: int
@@ -224,7 +224,7 @@ def sit_phase(ctx: PhaseContext, z: torch.Tensor, labels, targets, rnd: StepRand
     y = torch.where(rnd.drop, torch.full_like(labels, ctx.num_classes), labels)  # CFG label dropout
     depth = ctx.encoder_depth if ctx.recipe.sit_align else None
     prediction, projections = ctx.sit(noised.x_t, noised.t, y, align_depth=depth)
-    denoising = ctx.objective.loss(prediction, noised.target).mean()
+    denoising = ctx.objective.batch_loss(prediction, noised).mean()
     loss = denoising
     metrics = {"denoising_loss": denoising.detach()}
     if ctx.recipe.sit_align:

@@ -11,8 +11,10 @@ On a filesystem without ``flock`` (some network/FUSE mounts) the lock falls back
 file exclusively; a lock whose holder is a dead process on this host is then taken over by an
 atomic rename, and one held from another host must be removed by hand (the message says so).
 
-In a multi-process run only rank 0 locks; every rank learns the outcome in one collective, so
-all ranks stop together.
+Once it holds the lock, rank 0 removes what killed processes of this run left behind
+(:func:`repae.training.checkpoint.clean_run_dir`). In a multi-process run only rank 0 locks;
+every rank learns the outcome in one collective, so all ranks stop together (and none looks for a
+checkpoint before the clean-up is done).
 """
 
 from __future__ import annotations
@@ -102,6 +104,13 @@ class RunLock:
         self.release()
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
 def _lock_exclusive_file(path: Path) -> int:
     """Fallback without flock: O_EXCL creation; a dead local holder's file is renamed away first."""
     for _ in range(2):
@@ -110,7 +119,9 @@ def _lock_exclusive_file(path: Path) -> int:
         except FileExistsError:
             holder = _holder(path)
             local = holder.get("host") == socket.gethostname()
-            if not (local and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])):
+            dead = local and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+            abandoned = not holder and time.time() - _mtime(path) > 5  # emptied by a released flock-mode lock
+            if not (dead or abandoned):
                 hint = "" if local else f" (if it is gone, delete {path})"
                 raise RunLockedError(str(_locked_error(path, holder)) + hint) from None
             stale = path.with_name(f".{LOCK_NAME}.stale-{os.getpid()}")
@@ -147,17 +158,25 @@ def _lock_main(run_dir: Path) -> RunLock:
         return RunLock(path, _HELD[str(path)], exclusive_file=not _flock_works(_HELD[str(path)]))
     import fcntl
 
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fd, created = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), True
+    except FileExistsError:
+        fd, created = os.open(path, os.O_RDWR), False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise _locked_error(path, _holder(path)) from None
     except OSError as err:
-        os.close(fd)
         if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            os.close(fd)
             raise
-        fd = _lock_exclusive_file(path)
+        if created:  # we made the file exclusively: it is ours in the fallback scheme too
+            os.write(fd, _record().encode())
+            os.fsync(fd)
+        else:
+            os.close(fd)
+            fd = _lock_exclusive_file(path)
         _HELD[str(path)] = fd
         return RunLock(path, fd, exclusive_file=True)
     previous = _holder(path)
@@ -174,7 +193,7 @@ def acquire_run_lock(run_dir: str | Path, engine=None) -> RunLock:
     """Make this process the only writer of ``run_dir`` (see the module docstring).
 
     Raises :class:`RunLockedError` (one line naming the holder's pid and host) when another live
-    process holds it. With several processes, rank 0 locks and all ranks raise together.
+    process holds it. With several processes, rank 0 locks and cleans, and all ranks raise together.
     """
     run_dir = Path(run_dir)
     distributed = engine is not None and engine.distributed
@@ -185,6 +204,10 @@ def acquire_run_lock(run_dir: str | Path, engine=None) -> RunLock:
             lock = _lock_main(run_dir)
         except RunLockedError as err:
             error = err
+        else:
+            from repae.training.checkpoint import clean_run_dir
+
+            clean_run_dir(run_dir)  # safe now: no other process writes this folder
     if distributed:
         import torch
         import torch.distributed as dist

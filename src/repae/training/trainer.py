@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from repae.config import RunConfig
 from repae.errors import ConfigError
+from repae.models.projectors import normalize_targets
 from repae.training import phases
 from repae.training.builders import (
     build_encoders,
@@ -33,10 +34,13 @@ from repae.training.builders import (
     encoder_dims,
     validate_config,
 )
-from repae.training.checkpoint import latest_checkpoint, read_checkpoint, restore_optimizers, save_checkpoint
+from repae.training.checkpoint import prepare_run, read_checkpoint, restore_optimizers, resume_run, save_checkpoint
 from repae.training.ema import EMA
 from repae.training.engine import setup_distributed, step_generator
+from repae.training.guard import NonFiniteGuard
 from repae.training.hooks import due
+from repae.training.preflight import preflight
+from repae.training.runlock import acquire_run_lock
 from repae.utils.io import write_json
 
 log = logging.getLogger("repae.train")
@@ -47,6 +51,7 @@ class Trainer:
                  hooks: list | None = None):
         self.cfg = cfg
         self.hooks = list(hooks or [])  # sample grids, diagnostics, reports: see repae.training.hooks
+        preflight(cfg)  # value ranges, tokenizer weights vs preset (repae.training.preflight)
         self.recipe = validate_config(cfg)  # cheap checks first: fail before anything is built
         self.engine = engine or setup_distributed(cfg.train.mixed_precision)
         if cfg.train.threads:
@@ -81,12 +86,17 @@ class Trainer:
         self.latent_shape = self.tokenizer.latent_shape(cfg.data.resolution)
 
         from repae.data import build_dataset
+        from repae.diffusion.gaussian import DDPMObjective
         from repae.diffusion.objective import FlowMatching
         from repae.diffusion.paths import get_path
         from repae.diffusion.timesteps import get_time_sampler
+        from repae.models import objective_kind
 
-        self.objective = FlowMatching(get_path(cfg.diffusion.path),
-                                      get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path))
+        if self.sit is not None and objective_kind(self.sit) == "ddpm":  # DiT: eps + learned Sigma, 1000 steps
+            self.objective = DDPMObjective(learn_sigma=self.sit.config.learn_sigma)
+        else:  # SiT, LightningDiT: flow matching
+            self.objective = FlowMatching(get_path(cfg.diffusion.path),
+                                          get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path))
         self.dataset = self._dataset if self._dataset is not None else build_dataset(
             cfg.data.source, resolution=cfg.data.resolution, split="train")
         if recipe.cached_latents:
@@ -153,6 +163,7 @@ class Trainer:
         if self.lreg is not None:
             self.optimizers["opt_disc"] = torch.optim.AdamW(self.lreg.discriminator.parameters(), lr=oc.disc_lr, **adam)
         self.scaler = torch.amp.GradScaler(self.engine.device.type, enabled=self.engine.mixed_precision == "fp16")
+        self.guard = NonFiniteGuard(self, cfg.train.max_nonfinite_skips)  # applies or skips each step's updates
 
         self.ctx = phases.PhaseContext(
             recipe=recipe, tokenizer=self.tokenizer, vae_forward=self.vae_ddp, sit=self.sit_ddp,
@@ -214,8 +225,7 @@ class Trainer:
         opt = self.optimizers[name]
         self.scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(list(params), self.cfg.optim.max_grad_norm)
-        self.scaler.step(opt)
-        opt.zero_grad(set_to_none=True)
+        self.guard.pending.append(name)  # stepped by guard.apply once the whole step is known finite
         return norm.detach()
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -230,6 +240,7 @@ class Trainer:
         local = images.shape[0] // accum
         global_micro = cfg.train.batch_size // accum
         rows = slice(eng.rank * local, (eng.rank + 1) * local)
+        self.guard.begin()  # snapshot the statistics a forward updates (restored if the step is skipped)
         micro = []
         for m in range(accum):
             imgs = images[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
@@ -245,7 +256,8 @@ class Trainer:
                 rnd.tokreg = self.tokreg.draw(gen, global_batch=global_micro, rows=rows,
                                               latent_channels=self.latent_shape[0], device=eng.device)
             with torch.no_grad(), eng.autocast():
-                targets = [enc(imgs).float() for enc in self.encoders]  # each [b, N, D_enc]
+                targets = normalize_targets([enc(imgs).float() for enc in self.encoders],
+                                            self.cfg.align.target_norm)  # each [b, N, D_enc]
             micro.append((imgs, ys, targets, rnd, mom))
 
         metrics: dict[str, torch.Tensor] = {}
@@ -314,10 +326,9 @@ class Trainer:
                 self._backward(out.loss)
                 add(out)
             metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
-        self.scaler.update()
-        self.ema.update(self._ema_source, self.tokenizer.normalizer)
+        values = self.guard.apply(metrics)  # one device->host read; optimizer + EMA steps, or a skip
         self.step += 1
-        return {k: float(v) for k, v in metrics.items()}
+        return values
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -344,6 +355,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "z_dims": list(self.z_dims),
             "recipe": self.cfg.train.recipe,
+            "nonfinite": self.guard.state_dict(),
         }
         return save_checkpoint(self.cfg.run_dir, self.step, models=self.model_state(), optimizers=self.optimizers,
                                state=state, keep=self.cfg.train.keep_checkpoints)
@@ -364,6 +376,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.guard.load_state_dict(state.get("nonfinite", {}))
 
     # --- loop ------------------------------------------------------------------------------------
 
@@ -380,12 +393,14 @@ class Trainer:
     def fit(self, max_steps: int | None = None) -> dict[str, float]:
         cfg, eng = self.cfg, self.engine
         run_dir = cfg.run_dir
+        self.run_lock = acquire_run_lock(run_dir, eng)  # one writer per run folder; clears its dead temporaries
         if eng.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / "config.json", cfg.to_dict())
-        if cfg.train.resume and (ckpt := latest_checkpoint(run_dir)) is not None:
-            self.load(ckpt)
+        if cfg.train.resume and (ckpt := resume_run(self)) is not None:  # newest checkpoint that verifies
             log.info("resumed from %s (step %d)", ckpt, self.step)
+        if eng.is_main:
+            prepare_run(self)  # metrics.jsonl cut back to this step; room for one checkpoint
         total = cfg.train.max_steps if max_steps is None else max_steps
         writer = self._writer() if eng.is_main else None
         metrics_file = run_dir / "metrics.jsonl"
@@ -424,6 +439,7 @@ class Trainer:
             hook.on_end(self)
         if writer is not None:
             writer.close()
+        self.run_lock.release()
         return last
 
     def _writer(self):
@@ -449,4 +465,4 @@ class Trainer:
             raise ConfigError(f"train.report_to must be tensorboard, wandb or none, got '{self.cfg.train.report_to}'")
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(self.cfg.run_dir / "tensorboard"))
+        return SummaryWriter(str(self.cfg.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)

@@ -1,0 +1,51 @@
+"""Every generator family trains with the REPA-E recipe and samples with its own samplers (issue 12)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repae.errors import ConfigError
+from repae.sampling.generator import Generator
+from test_training import batch, make_trainer
+
+
+@pytest.mark.parametrize("preset,sampler,kind", [("DiT-T/1", "ddpm", "DDPMObjective"),
+                                                 ("LightningDiT-T/1", "euler", "FlowMatching")])
+def test_family_trains_with_repa_e_and_samples(tmp_path, preset, sampler, kind):
+    tr = make_trainer(tmp_path, f"model.preset={preset}", f"sample.sampler={sampler}")
+    assert type(tr.objective).__name__ == kind
+    before = {k: v.clone() for k, v in tr.sit.state_dict().items()}
+    for _ in range(2):
+        metrics = tr.train_step(*batch(tr))
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
+    assert float(metrics["proj_loss"]) < 0 and float(metrics["vae_align_loss"]) < 0  # REPA reaches both sides
+    assert any(not torch.equal(before[k], v) for k, v in tr.sit.state_dict().items())
+    images = Generator.from_trainer(tr)([0, 1], seeds=[0, 1], sampler=sampler, num_steps=3)
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
+
+
+def test_dit_ddim_is_deterministic_and_flow_solver_is_refused(tmp_path):
+    tr = make_trainer(tmp_path, "model.preset=DiT-T/1", "sample.sampler=ddpm")
+    gen = Generator.from_trainer(tr)
+    a = gen([3], seeds=[5], sampler="ddim", num_steps=3)
+    assert torch.equal(a, gen([3], seeds=[5], sampler="ddim", num_steps=3))
+    with pytest.raises(ConfigError, match="cannot sample a DDPM model"):
+        gen([3], sampler="euler", num_steps=3)
+
+
+def test_sampler_model_mismatch_fails_before_building(tmp_path):
+    with pytest.raises(ConfigError, match=r"sample.sampler='euler' cannot sample DiT-T/1.*ddpm, ddim"):
+        make_trainer(tmp_path, "model.preset=DiT-T/1")
+    with pytest.raises(ConfigError, match=r"sample.sampler='ddpm' cannot sample SiT-T/1"):
+        make_trainer(tmp_path, "sample.sampler=ddpm")
+
+
+@pytest.mark.parametrize("projector,norm", [("conv", "spatial"), ("mlp", "spatial"), ("conv", "none")])
+def test_irepa_options_train(tmp_path, projector, norm):
+    tr = make_trainer(tmp_path, f"align.projector={projector}", f"align.target_norm={norm}")
+    from repae.models.projectors import ConvProjector
+
+    assert isinstance(tr.sit.projectors[0], ConvProjector) == (projector == "conv")
+    metrics = tr.train_step(*batch(tr))
+    assert torch.isfinite(torch.as_tensor(metrics["proj_loss"]))
