@@ -152,9 +152,10 @@ def test_generator_restores_training_flags_and_validates():
     assert Generator(tokenizer=ToyTokenizer(), model=ToyModel(), resolution=RES).num_classes == NUM_CLASSES
 
 
-def test_real_tiny_components_if_available():
-    sit_mod = pytest.importorskip("repae.models.sit")
-    tok_mod = pytest.importorskip("repae.tokenizer.tokenizer")
+def test_real_tiny_components():
+    from repae.models import sit as sit_mod
+    from repae.tokenizer import tokenizer as tok_mod
+
     tok = tok_mod.Tokenizer.from_preset("tiny-f4d4")
     c, h, _ = tok.latent_shape(32)
     sit = sit_mod.build_sit("SiT-T/2", input_size=h, in_channels=c, num_classes=NUM_CLASSES)

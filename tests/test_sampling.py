@@ -181,8 +181,8 @@ def test_em_reproducible_and_per_sample_generators_batch_invariant():
         euler_maruyama(vf, x1, num_steps=3, path=PATH, generator=gens([1]))
 
 
-def test_em_with_repae_linear_path_if_available():
-    paths = pytest.importorskip("repae.diffusion.paths")
+def test_em_with_repae_linear_path():
+    from repae.diffusion import paths
     x1 = torch.randn(SHAPE, dtype=torch.float64)
     vf = field(lambda x, t: torch.sin(x) + t)
     ours = euler_maruyama(vf, x1, num_steps=5, path=PATH, generator=torch.Generator().manual_seed(0))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from repae.diffusion.objective import NoisedBatch, fp32_region
+from repae.diffusion.objective import NoisedBatch, draw_t_and_noise, fp32_region
 from repae.errors import ConfigError
 
 __all__ = [
@@ -415,23 +415,9 @@ class DDPMObjective:
     def draw(self, x0: Tensor, *, generator: torch.Generator | None = None, t: Tensor | None = None,
              noise: Tensor | None = None) -> DDPMBatch:
         """Sample (or reuse) timesteps and noise; ``x_t = q_sample(x_0, t, eps)``, target ``eps``."""
-        B = x0.shape[0]
-        if t is None:
-            t = self.time_sampler.sample(B, generator=generator, device=x0.device)  # [B]
-        else:
-            if t.numel() != B:
-                raise ValueError(f"reused t has {t.numel()} entries for a batch of {B}")
-            t = t.reshape(B).to(device=x0.device, dtype=torch.float32)  # [B]
-            if not bool((t == t.round()).all()):
-                raise ValueError("DDPM timesteps must be whole numbers in 0..T-1; draw them with DDPMObjective.time_sampler")
-        if noise is None:
-            if generator is None:
-                noise = torch.randn_like(x0)  # [B, C, h, w]
-            else:
-                noise = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype).to(x0.device)
-        elif noise.shape != x0.shape:
-            raise ValueError(f"reused noise {tuple(noise.shape)} does not match x0 {tuple(x0.shape)}")
-        noise = noise.to(device=x0.device, dtype=x0.dtype)
+        t, noise = draw_t_and_noise(self.time_sampler, x0, generator=generator, t=t, noise=noise)  # [B], [B, C, h, w]
+        if not bool((t == t.round()).all()):
+            raise ValueError("DDPM timesteps must be whole numbers in 0..T-1; draw them with DDPMObjective.time_sampler")
         x_t = self.diffusion.q_sample(x0, t.long(), noise)  # [B, C, h, w]
         return DDPMBatch(t=t, noise=noise, x_t=x_t, target=noise, x0=x0)
 

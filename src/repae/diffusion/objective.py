@@ -64,6 +64,30 @@ class NoisedBatch:
     target: Tensor
 
 
+def draw_t_and_noise(time_sampler: TimeSampler, x0: Tensor, *, generator: torch.Generator | None = None,
+                     t: Tensor | None = None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Draw (time first, then noise) or check reused ``t`` ``[B]`` and ``noise`` (``x0``'s shape).
+
+    Shared by every objective, so that reusing the VAE phase's ``t`` and noise in the SiT phase
+    (spec 1.3) means the same thing for flow matching and DDPM.
+    """
+    B = x0.shape[0]
+    if t is None:
+        t = time_sampler.sample(B, generator=generator, device=x0.device)  # [B]
+    else:
+        if t.numel() != B:
+            raise ValueError(f"reused t has {t.numel()} entries for a batch of {B}")
+        t = t.reshape(B).to(device=x0.device, dtype=torch.float32)  # [B]
+    if noise is None:
+        if generator is None:
+            noise = torch.randn_like(x0)  # [B, C, h, w]
+        else:
+            noise = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"reused noise {tuple(noise.shape)} does not match x0 {tuple(x0.shape)}")
+    return t, noise.to(device=x0.device, dtype=x0.dtype)  # [B], [B, C, h, w]
+
+
 class FlowMatching:
     """Velocity-prediction flow matching on a :class:`~repae.diffusion.paths.Path` (spec 2.8)."""
 
@@ -92,23 +116,7 @@ class FlowMatching:
             t: reuse these times (``[B]`` or ``[B, 1, 1, 1]``) instead of drawing.
             noise: reuse this noise (``x0``'s shape) instead of drawing.
         """
-        B = x0.shape[0]
-        if t is None:
-            t = self.time_sampler.sample(B, generator=generator, device=x0.device)  # [B]
-        else:
-            if t.numel() != B:
-                raise ValueError(f"reused t has {t.numel()} entries for a batch of {B}")
-            t = t.reshape(B).to(device=x0.device, dtype=torch.float32)  # [B]
-        if noise is None:
-            if generator is None:
-                noise = torch.randn_like(x0)  # [B, C, h, w]
-            else:
-                noise = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
-                noise = noise.to(x0.device)  # [B, C, h, w]
-        else:
-            if noise.shape != x0.shape:
-                raise ValueError(f"reused noise {tuple(noise.shape)} does not match x0 {tuple(x0.shape)}")
-            noise = noise.to(device=x0.device, dtype=x0.dtype)  # [B, C, h, w]
+        t, noise = draw_t_and_noise(self.time_sampler, x0, generator=generator, t=t, noise=noise)  # [B], [B, C, h, w]
         x_t = self.path.interpolate(x0, noise, t)  # [B, C, h, w]
         target = self.path.velocity_target(x0, noise, t)  # [B, C, h, w]
         return NoisedBatch(t=t, noise=noise, x_t=x_t, target=target)

@@ -28,7 +28,6 @@ Parameter names follow the official DiT checkpoints (``DiT-XL-2-256x256.pt``): `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 
 from repae.errors import ConfigError
 from repae.models.layers import FinalLayer
-from repae.models.sit import SiT, SiTConfig
+from repae.models.sit import SiT, SiTConfig, preset_config
 
 __all__ = ["DiTConfig", "DiT", "DIT_PRESETS", "build_dit", "dit_config"]
 
@@ -134,40 +133,10 @@ DIT_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def dit_config(
-    name: str,
-    *,
-    input_size: int,
-    in_channels: int,
-    num_classes: int = 1000,
-    z_dims: Sequence[int] = (),
-    encoder_depth: int | None = None,
-    class_dropout_prob: float = 0.1,
-    qk_norm: bool = False,
-    projector: str = "mlp",
-    learn_sigma: bool = True,
-    learn_pos_embed: bool = False,
-) -> DiTConfig:
-    """The validated :class:`DiTConfig` of preset ``name`` (see :func:`build_dit` for arguments)."""
-    if name not in DIT_PRESETS:
-        raise ConfigError(f"unknown DiT model {name!r}; choose one of: {', '.join(DIT_PRESETS)}")
-    arch = dict(DIT_PRESETS[name])
-    if encoder_depth is not None:
-        arch["encoder_depth"] = encoder_depth
-    cfg = DiTConfig(
-        **arch,
-        input_size=input_size,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        class_dropout_prob=class_dropout_prob,
-        qk_norm=qk_norm,
-        projector=projector,
-        z_dims=tuple(z_dims),
-        learn_sigma=learn_sigma,
-        learn_pos_embed=learn_pos_embed,
-    )
-    cfg.validate()
-    return cfg
+def dit_config(name: str, *, input_size: int, in_channels: int, **kwargs: Any) -> DiTConfig:
+    """The validated :class:`DiTConfig` of preset ``name`` (keyword arguments: see :func:`build_dit`)."""
+    return preset_config(DiTConfig, DIT_PRESETS, "DiT", name, input_size=input_size, in_channels=in_channels,
+                         **kwargs)
 
 
 def build_dit(name: str, **kwargs) -> DiT:

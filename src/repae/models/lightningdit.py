@@ -32,7 +32,6 @@ State-dict names follow the official code: ``blocks.i.norm1.weight``, ``blocks.i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 from repae.errors import ConfigError
 from repae.models.layers import LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, modulate
 from repae.models.projectors import build_projector
-from repae.models.sit import SiT, SiTConfig, SiTOutput
+from repae.models.sit import SiT, SiTConfig, SiTOutput, preset_config
 
 __all__ = [
     "LightningDiTConfig",
@@ -305,44 +304,10 @@ LIGHTNINGDIT_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def lightningdit_config(
-    name: str,
-    *,
-    input_size: int,
-    in_channels: int,
-    num_classes: int = 1000,
-    z_dims: Sequence[int] = (),
-    encoder_depth: int | None = None,
-    class_dropout_prob: float = 0.1,
-    qk_norm: bool = False,
-    projector: str = "mlp",
-    use_swiglu: bool = True,
-    use_rmsnorm: bool = True,
-    use_rope: bool = True,
-    learn_pos_embed: bool = False,
-) -> LightningDiTConfig:
-    """The validated :class:`LightningDiTConfig` of preset ``name`` (see :func:`build_lightningdit`)."""
-    if name not in LIGHTNINGDIT_PRESETS:
-        raise ConfigError(f"unknown LightningDiT model {name!r}; choose one of: {', '.join(LIGHTNINGDIT_PRESETS)}")
-    arch = dict(LIGHTNINGDIT_PRESETS[name])
-    if encoder_depth is not None:
-        arch["encoder_depth"] = encoder_depth
-    cfg = LightningDiTConfig(
-        **arch,
-        input_size=input_size,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        class_dropout_prob=class_dropout_prob,
-        qk_norm=qk_norm,
-        projector=projector,
-        z_dims=tuple(z_dims),
-        use_swiglu=use_swiglu,
-        use_rmsnorm=use_rmsnorm,
-        use_rope=use_rope,
-        learn_pos_embed=learn_pos_embed,
-    )
-    cfg.validate()
-    return cfg
+def lightningdit_config(name: str, *, input_size: int, in_channels: int, **kwargs: Any) -> LightningDiTConfig:
+    """The validated :class:`LightningDiTConfig` of preset ``name`` (arguments: see :func:`build_lightningdit`)."""
+    return preset_config(LightningDiTConfig, LIGHTNINGDIT_PRESETS, "LightningDiT", name, input_size=input_size,
+                         in_channels=in_channels, **kwargs)
 
 
 def build_lightningdit(name: str, **kwargs) -> LightningDiT:

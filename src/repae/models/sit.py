@@ -272,38 +272,27 @@ SIT_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def sit_config(
-    name: str,
-    *,
-    input_size: int,
-    in_channels: int,
-    num_classes: int = 1000,
-    z_dims: Sequence[int] = (),
-    encoder_depth: int | None = None,
-    class_dropout_prob: float = 0.1,
-    qk_norm: bool = False,
-    projector: str = "mlp",
-    learn_pos_embed: bool = False,
-) -> SiTConfig:
-    """The validated :class:`SiTConfig` of preset ``name`` (see :func:`build_sit` for arguments)."""
-    if name not in SIT_PRESETS:
-        raise ConfigError(f"unknown SiT model {name!r}; choose one of: {', '.join(SIT_PRESETS)}")
-    arch = dict(SIT_PRESETS[name])
+def preset_config(config_cls: type, presets: dict[str, dict[str, int]], family: str, name: str, *,
+                  encoder_depth: int | None = None, z_dims: Sequence[int] = (), **fields: Any):
+    """The validated ``config_cls`` of preset ``name``: the preset's architecture plus ``fields``.
+
+    One home for every generator family (SiT, DiT, LightningDiT): the preset lookup, the optional
+    ``encoder_depth`` override (validated once, in ``config.validate()``) and the field names.
+    """
+    if name not in presets:
+        raise ConfigError(f"unknown {family} model {name!r}; choose one of: {', '.join(presets)}")
+    arch = dict(presets[name])
     if encoder_depth is not None:
         arch["encoder_depth"] = encoder_depth
-    cfg = SiTConfig(
-        **arch,
-        input_size=input_size,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        class_dropout_prob=class_dropout_prob,
-        qk_norm=qk_norm,
-        projector=projector,
-        learn_pos_embed=learn_pos_embed,
-        z_dims=tuple(z_dims),
-    )
+    cfg = config_cls(**arch, **fields, z_dims=tuple(z_dims))
     cfg.validate()
     return cfg
+
+
+def sit_config(name: str, *, input_size: int, in_channels: int, **kwargs: Any) -> SiTConfig:
+    """The validated :class:`SiTConfig` of preset ``name`` (keyword arguments: see :func:`build_sit`)."""
+    return preset_config(SiTConfig, SIT_PRESETS, "SiT", name, input_size=input_size, in_channels=in_channels,
+                         **kwargs)
 
 
 def build_sit(name: str, **kwargs) -> SiT:
