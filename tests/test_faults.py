@@ -8,7 +8,11 @@ bit-identical weights, optimizer states and logged losses, one record per step i
 the final grid present, nothing left behind. docs/reliability.md tabulates the cases.
 
 This file is also the fault driver: ``python tests/test_faults.py RUN_ROOT [overrides...]`` trains
-with the fault named by ``REPAE_FAULT`` (see :func:`_install_fault`).
+with the fault named by ``REPAE_FAULT`` (see :func:`_install_fault`). The tests start each run from
+a *zygote* (``python tests/test_faults.py --zygote``): a process that has imported torch, timm and
+diffusers once and forks a fresh child per run, so a run costs its training, not 8 s of imports.
+The children are ordinary processes: killed with SIGKILL, limited with RLIMIT_FSIZE, racing for
+the lock.
 
     pytest -m slow tests/test_faults.py        # ~2 minutes on 2 CPU cores
 """
@@ -54,7 +58,7 @@ def _install_fault(spec: str) -> None:
     * ``write:N``    SIGKILL inside the N-th checkpoint write, after models.safetensors, before the rest;
     * ``rename:N``   SIGKILL after the N-th checkpoint is complete (manifest fsynced), before its rename;
     * ``rotate:N``   SIGKILL inside the N-th rotation, with the old checkpoint renamed and half-deleted;
-    * ``final``      SIGKILL right after the last checkpoint, before the final grid;
+    * ``final``      SIGKILL right after the last checkpoint (rotation done), before the run ends;
     * ``nan:a,b,..`` the SiT loss is NaN at these 1-based steps (of a run started from step 0);
     * ``slow:S``     sleep S seconds in every step (numerics unchanged).
     """
@@ -147,8 +151,56 @@ def _driver(argv: list[str]) -> int:
     return main(["train", "--no-export", *OVERRIDES, f"train.output_dir={root}", *overrides])
 
 
+def _zygote() -> None:
+    """Import once, then fork one child per ``run`` command read from stdin (JSON lines)."""
+    import traceback
+
+    import diffusers  # noqa: F401
+    from diffusers import AutoencoderKL  # noqa: F401  (diffusers imports lazily)
+
+    import repae.analysis.health  # noqa: F401
+    import repae.analysis.report  # noqa: F401
+    import repae.api  # noqa: F401
+    import repae.cli.train  # noqa: F401
+    import repae.encoders  # noqa: F401
+    import repae.sampling.preview  # noqa: F401
+    import repae.training.trainer  # noqa: F401
+
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "wait":
+            _, status = os.waitpid(cmd["pid"], 0)
+            print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+            continue
+        pid = os.fork()
+        if pid:
+            print(json.dumps({"pid": pid}), flush=True)
+            continue
+        rc = 1
+        try:  # the child
+            os.environ.update(cmd["env"])
+            for res, value in cmd["limits"]:
+                resource.setrlimit(res, (value, value))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG
+            for fd, name in ((1, "out"), (2, "err")):
+                os.dup2(os.open(cmd[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+            rc = _driver(cmd["argv"])
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(_driver(sys.argv[1:]))
+    if sys.argv[1:] == ["--zygote"]:
+        _zygote()
+    else:
+        sys.exit(_driver(sys.argv[1:]))
 
 
 # --- the tests (parent process) ---------------------------------------------------------------------
@@ -156,21 +208,69 @@ if __name__ == "__main__":
 pytestmark = pytest.mark.slow
 
 
+class Run:
+    """One training process forked by the zygote."""
+
+    def __init__(self, zygote: Zygote, pid: int, logs: Path):
+        self.zygote, self.pid, self.logs = zygote, pid, logs
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> Run:
+        if self.returncode is None:
+            self.returncode = self.zygote.ask({"op": "wait", "pid": self.pid})["returncode"]
+            self.stdout = (self.logs / "out").read_text(errors="replace")
+            self.stderr = (self.logs / "err").read_text(errors="replace")
+        return self
+
+
+class Zygote:
+    def __init__(self, tmp: Path):
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+        self.tmp, self.count = tmp, 0
+        self.proc = subprocess.Popen([sys.executable, str(HERE), "--zygote"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        assert "ready" in json.loads(self.proc.stdout.readline())
+
+    def ask(self, cmd: dict) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def start(self, argv: list[str], fault: str = "", limit: dict | None = None) -> Run:
+        self.count += 1
+        logs = self.tmp / f"run-{self.count}"
+        logs.mkdir()
+        pid = self.ask({"op": "run", "argv": argv, "env": {"REPAE_FAULT": fault},
+                        "limits": list((limit or {}).items()), "out": str(logs / "out"), "err": str(logs / "err")})
+        return Run(self, pid["pid"], logs)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def zygote(tmp_path_factory):
+    z = Zygote(tmp_path_factory.mktemp("zygote"))
+    ZYGOTE[:] = [z]
+    yield z
+    z.close()
+
+
 def train(root: Path, *overrides: str, fault: str = "", limit: dict | None = None, background: bool = False):
-    """Run the driver; returns the CompletedProcess (or the Popen with ``background``)."""
-    env = {**os.environ, "REPAE_FAULT": fault, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    """Train in a fresh child process; returns the finished :class:`Run` (or the running one)."""
+    run = ZYGOTE[0].start([str(root), *overrides], fault=fault, limit=limit)
+    return run if background else run.wait()
 
-    def limits():
-        for res, value in (limit or {}).items():
-            resource.setrlimit(res, (value, value))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG instead
 
-    cmd = [sys.executable, str(HERE), str(root), *overrides]
-    if background:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=limits)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limits)
+ZYGOTE: list[Zygote] = []
 
 
 def run_dir(root: Path) -> Path:
@@ -217,7 +317,7 @@ def assert_same_as_reference(root: Path, reference: Path) -> None:
     assert logged(root) == logged(reference), "metrics.jsonl differs (duplicated, missing or different steps)"
     assert (run_dir(root) / "samples" / f"step-{STEPS:07d}.png").exists(), "final grid missing"
     assert leftovers(root) == [], leftovers(root)
-    assert [p.name for p in (run_dir(root) / "checkpoints").iterdir()] == [f"step-{STEPS - 1:07d}", f"step-{STEPS:07d}"]
+    assert sorted(p.name for p in (run_dir(root) / "checkpoints").iterdir()) == [f"step-{STEPS - 1:07d}", f"step-{STEPS:07d}"]
 
 
 def killed(result) -> bool:
@@ -225,7 +325,7 @@ def killed(result) -> bool:
 
 
 def one_line_error(result) -> str:
-    err = [line for line in result.stderr.splitlines() if line.startswith("repae train: error:")]
+    err = re.findall(r"repae train: error: [^\r\n]*", result.stderr)  # (tqdm's bar may precede it on the line)
     assert result.returncode == 2 and len(err) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     return err[0]
 
@@ -242,8 +342,9 @@ def test_kills_at_chosen_points_resume_bit_exact(reference, tmp_path):
     assert killed(r), r.stderr[-2000:]
     assert "recovered complete checkpoint step-0000002" in r.stderr
     assert any(p.name.startswith(".step-0000001.prune-") for p in ckpts.iterdir())
-    r = train(tmp_path, fault="final")  # after the step-4 checkpoint, before the final grid
-    assert killed(r) and not (run_dir(tmp_path) / "samples" / f"step-{STEPS:07d}.png").exists()
+    r = train(tmp_path, fault="final")  # after the last checkpoint, before the end of the run
+    assert killed(r)
+    (run_dir(tmp_path) / "samples" / f"step-{STEPS:07d}.png").unlink()  # as a grid written after it would be
     r = train(tmp_path)  # nothing left to train: the final grid is still written
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_as_reference(tmp_path, reference)
@@ -258,12 +359,11 @@ def test_kills_at_random_times_resume_bit_exact(reference, tmp_path):
     seed = int(os.environ.get("REPAE_FAULT_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
     kills = 0
-    for _ in range(3):
+    for _ in range(2):
         proc = train(tmp_path, background=True)
-        time.sleep(rng.uniform(4.0, 14.0))  # start-up takes ~5 s, each step ~2 s incl. its checkpoint
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        kills += proc.returncode == -signal.SIGKILL
+        time.sleep(rng.uniform(0.5, 6.0))  # building takes ~2 s, each step ~1 s incl. its checkpoint
+        proc.kill()
+        kills += proc.wait().returncode == -signal.SIGKILL
     r = train(tmp_path)
     assert r.returncode == 0, (seed, r.stderr[-2000:])
     assert_same_as_reference(tmp_path, reference), f"REPAE_FAULT_SEED={seed}"
@@ -271,10 +371,10 @@ def test_kills_at_random_times_resume_bit_exact(reference, tmp_path):
 
 
 def test_nan_losses_skip_then_halt_without_losing_checkpoints(tmp_path):
-    r = train(tmp_path, "train.max_nonfinite_skips=2", fault="nan:3")  # one bad step: skipped, run finishes
-    assert r.returncode == 0 and "step 3: non-finite sit_loss" in r.stderr, r.stderr[-2000:]
+    r = train(tmp_path, "train.max_nonfinite_skips=2", "train.max_steps=3", fault="nan:2")  # skipped, run goes on
+    assert r.returncode == 0 and "step 2: non-finite sit_loss" in r.stderr, r.stderr[-2000:]
     records = logged(tmp_path)
-    assert [x["step"] for x in records] == [1, 2, 3, 4] and records[-1]["nonfinite_skips"] == 1.0
+    assert [x["step"] for x in records] == [1, 2, 3] and records[-1]["nonfinite_skips"] == 1.0
     shutil.rmtree(run_dir(tmp_path))
     r = train(tmp_path, "train.max_nonfinite_skips=2", fault="nan:2,3,4")
     line = one_line_error(r)  # step 2 skipped (its checkpoint holds the unchanged step-1 weights), step 3 halts
@@ -332,13 +432,13 @@ def test_tiny_filesystem_fills(reference, tmp_path):
 
 
 def test_two_concurrent_writers(reference, tmp_path):
-    # started together; one is slowed (2 s a step) so their training would overlap whoever locks first
-    a, b = train(tmp_path, fault="slow:2", background=True), train(tmp_path, background=True)
-    (_, err_a), (_, err_b) = a.communicate(timeout=300), b.communicate(timeout=300)
+    # started together; one is slowed (1 s a step) so their training would overlap whoever locks first
+    a, b = train(tmp_path, fault="slow:1", background=True), train(tmp_path, background=True)
+    err_a, err_b = a.wait().stderr, b.wait().stderr
     codes = sorted([a.returncode, b.returncode])
     assert codes == [0, 2], (codes, err_a[-1500:], err_b[-1500:])
     loser = err_a if a.returncode == 2 else err_b
-    lines = [x for x in loser.splitlines() if "error:" in x]
+    lines = re.findall(r"repae train: error: [^\r\n]*", loser)
     assert len(lines) == 1 and "is in use by pid" in lines[0] and "Traceback" not in loser
     assert_same_as_reference(tmp_path, reference)
 

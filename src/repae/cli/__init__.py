@@ -15,6 +15,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("repae.cli.train", "train REPA-E / REPA / vanilla / ablations / LDM (default: REPA-E on the embedded data)"),
     "bench": ("repae.cli.bench", "print seconds/step, img/s and peak memory of a training step"),
     "export-vae": ("repae.cli.export_vae", "write the E2E-VAE of a run (diffusers format + latent statistics)"),
+    "export": ("repae.cli.export", "write a run's SiT (+EMA) and E2E-VAE in the official REPA-E / diffusers layouts"),
     "cache-latents": ("repae.cli.cache_latents", "encode a dataset with a frozen VAE into cached posterior mean/std"),
     "latent-stats": ("repae.cli.latent_stats", "compute per-channel latent statistics of a VAE over a dataset"),
     "pretrain-encoder": ("repae.cli.pretrain_encoder", "self-supervised pretraining of a small ViT alignment encoder"),

@@ -60,11 +60,71 @@ def resolve_sampling(args: argparse.Namespace, defaults: SampleConfig | None) ->
             "guidance_interval": (float(pick["guidance_low"]), float(pick["guidance_high"]))}
 
 
-def load_generator(path: str, *, ema: bool, device: torch.device):
-    """A :class:`~repae.sampling.generator.Generator` for a ``repae`` checkpoint, on ``device``."""
+def load_generator(path: str, *, ema: bool, device: torch.device, model_preset: str | None = None,
+                   vae: str | None = None, vae_preset: str | None = None, stats: str | None = None,
+                   resolution: int | None = None, num_classes: int | None = None):
+    """A :class:`~repae.sampling.generator.Generator` on ``device`` for a ``repae`` run / checkpoint folder, or
+    for an official checkpoint FILE (REPA-E / REPA / SiT / DiT / LightningDiT) with ``model_preset`` (``--model``)
+    and optionally ``vae``, ``vae_preset``, ``stats``, ``resolution`` (default 256), ``num_classes`` (1000);
+    see :func:`repae.sampling.official.generator_from_official`."""
+    from pathlib import Path
+
     from repae.sampling.generator import Generator
 
+    if Path(path).is_file():
+        if model_preset is None:
+            from repae.models.official import guess_presets, load_official_file, select_state_dict
+
+            try:
+                guesses = guess_presets(select_state_dict(load_official_file(path))[0])
+            except ConfigError:
+                guesses = []
+            raise ConfigError(f"{path} is a checkpoint file, not a repae run: pass --model PRESET (its architecture"
+                              + (f", e.g. --model {guesses[0]}" if guesses else ", e.g. --model SiT-XL/2") + ")")
+        from repae.sampling.official import generator_from_official
+        from repae.tokenizer.registry import resolve_tokenizer_weights, shipped_preset
+
+        vae_preset = vae_preset or shipped_preset(vae)  # --vae as everywhere: shipped names too
+        vae = resolve_tokenizer_weights(vae)
+        gen = generator_from_official(path, model_preset=model_preset, vae=vae, vae_preset=vae_preset, stats=stats,
+                                      resolution=resolution or 256, num_classes=num_classes or 1000, ema=ema)
+        print(f"{gen.official.describe()}; VAE: {gen.official_vae}; latent statistics: {gen.official_stats.source}")
+        return gen.to(device)
+    given = [flag for flag, v in (("--model", model_preset), ("--vae", vae), ("--vae-preset", vae_preset),
+                                  ("--stats", stats)) if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to official checkpoint files; {path} is a repae run or "
+                          "checkpoint folder, which records its own model, VAE and statistics: drop them")
     return Generator.from_checkpoint(path, ema=ema, map_location="cpu").to(device)
+
+
+def add_official_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--model``, ``--vae``, ``--vae-preset``, ``--stats``: what an official checkpoint file does not record.
+
+    ``--vae`` means what it means everywhere (:func:`add_vae_argument`): a tokenizer folder, a weights file
+    or a preset name; here it is optional (a REPA-E training checkpoint carries its own VAE).
+    """
+    g = parser.add_argument_group("official checkpoint files (REPA-E / REPA / SiT / DiT / LightningDiT .pt)")
+    g.add_argument("--model", dest="model_preset", default=None,
+                   help="architecture of an official --checkpoint file, e.g. SiT-XL/2, SiT-XL/1, DiT-XL/2, "
+                   "LightningDiT-XL/1 (see docs/official-checkpoints.md)")
+    g.add_argument("--vae", default=None,
+                   help="tokenizer: a folder written by export-vae / save_pretrained (or a diffusers AutoencoderKL "
+                   "folder), an LDM/official .pt/.ckpt/.safetensors file (with --vae-preset), or a preset name; "
+                   "default: the 'vae' entry of a REPA-E checkpoint")
+    g.add_argument("--vae-preset", default=None,
+                   help="architecture of a --vae weights file (f8d4, f16d32, tiny-f4d4, tiny-f8d4; default from the "
+                   "latent channels: 4 -> f8d4, 32 -> f16d32)")
+    g.add_argument("--stats", default=None,
+                   help="latent statistics: REPA-E *-latents-stats.pt, VA-VAE latents_stats.pt or repae JSON "
+                   "(default: the checkpoint's latent BatchNorm, SD-VAE's 0.18215, or the VAE's own)")
+    return g
+
+
+def official_kwargs(args: argparse.Namespace) -> dict:
+    """The official-file keyword arguments of :func:`load_generator` that were given on the command line."""
+    keys = ("model_preset", "vae", "vae_preset", "stats", "resolution", "num_classes")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def default_device(name: str | None) -> torch.device:
@@ -128,10 +188,11 @@ def load_tokenizer(spec: str, *, preset: str | None = None):
     """Resolve ``--vae``: folder -> ``from_pretrained``; preset name -> random init; file -> preset + weights."""
     from pathlib import Path
 
+    from repae.tokenizer.registry import resolve_tokenizer_weights
     from repae.tokenizer.tokenizer import Tokenizer
     from repae.tokenizer.vae import VAE_PRESETS
 
-    path = Path(spec)
+    path = Path(resolve_tokenizer_weights(spec))
     if path.is_dir():
         return Tokenizer.from_pretrained(path, require_stats=False)  # statistics are not needed to encode
     if path.is_file():

@@ -30,11 +30,13 @@ import torch
 
 from repae.cli.common import (
     add_data_arguments,
+    add_official_arguments,
     add_sampling_arguments,
     default_device,
     image_source,
     load_generator,
     load_tokenizer,
+    official_kwargs,
     resolve_sampling,
 )
 from repae.errors import ConfigError
@@ -45,7 +47,8 @@ DEFAULT_OFFLINE_REFERENCE = "embedded:train"  # reference for the offline networ
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--samples", help="ADM sample .npz (arr_0 uint8 [N,H,W,3]) or a folder of PNGs")
-    src.add_argument("--checkpoint", help="training run / checkpoint to sample from (streamed, nothing written)")
+    src.add_argument("--checkpoint", help="training run / checkpoint to sample from (streamed, nothing written), or "
+                     "an official checkpoint file with --model")
     src.add_argument("--recon", "--vae-checkpoint", dest="vae_checkpoint",
                      help="exported VAE directory: reconstruction metrics (rFID, PSNR, SSIM, LPIPS) over --data")
     parser.add_argument("--reference", help="reference .npz (ADM VIRTUAL_*.npz or 'repae reference' output) or an "
@@ -64,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_sampling_arguments(parser)
     parser.add_argument("--num-classes", type=int, default=None, help="override the generator's number of classes")
+    add_official_arguments(parser)
     r = parser.add_argument_group("reconstruction (--recon)")
     r.add_argument("--lpips-vgg-weights", default=None, help="VGG16 weights for LPIPS (omitted: no LPIPS)")
     r.add_argument("--sample-posterior", action="store_true", help="decode a posterior sample instead of its mode")
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
 
     if args.vae_checkpoint:
-        tokenizer = load_tokenizer(args.vae_checkpoint)
+        tokenizer = load_tokenizer(args.vae_checkpoint, preset=args.vae_preset)
         if isinstance(tokenizer, torch.nn.Module):
             tokenizer = tokenizer.to(device).eval()
         lpips = None
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             source = image_source(reference, resolution=args.resolution, split="train", strict=args.strict)
             ref = compute_reference(source, extractor, batch_size=args.batch_size, progress=progress)
         if args.checkpoint:
-            gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device)
+            gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device, **official_kwargs(args))
             num_classes = args.num_classes or getattr(gen, "num_classes", None)
             if not num_classes:
                 raise ConfigError("the generator does not expose num_classes; pass --num-classes")

@@ -9,6 +9,11 @@ Several processes (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set by torchrun or acc
 
     torchrun --nproc-per-node 8 -m repae.cli sample --checkpoint ... --out-dir pngs --out-npz samples.npz
 
+An official checkpoint file (REPA-E, REPA, SiT, DiT, LightningDiT; docs/official-checkpoints.md)::
+
+    repae sample --checkpoint pretrained/sit-repae-sdvae/checkpoints/0400000.pt --model SiT-XL/2 \\
+        --cfg-scale 2.2 --guidance-high 0.65 --out-npz samples.npz
+
 Sampling flags left unset take the run's own ``sample`` config (the settings its preview grids
 used); EMA weights and TF32 are on by default. Sample i depends only on (seed, i), so any world
 size gives the same npz.
@@ -21,11 +26,20 @@ import time
 
 import torch
 
-from repae.cli.common import add_sampling_arguments, default_device, distributed_setup, load_generator, resolve_sampling
+from repae.cli.common import (
+    add_official_arguments,
+    add_sampling_arguments,
+    default_device,
+    distributed_setup,
+    load_generator,
+    official_kwargs,
+    resolve_sampling,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory, or an official "
+                        "checkpoint file (.pt/.safetensors) with --model")
     parser.add_argument("--num-samples", type=int, default=50_000, help="number of samples N (default 50000)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process (default 256)")
     parser.add_argument("--out-npz", default=None, help="ADM-format .npz to write (arr_0 uint8 [N,H,W,3] + labels)")
@@ -33,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tf32", action="store_true", help="disable TF32 matmuls on CUDA (on by default, spec 6.4)")
     parser.add_argument("--device", default=None, help="device (default: cuda:LOCAL_RANK if available, else cpu)")
     add_sampling_arguments(parser)
+    g = add_official_arguments(parser)
+    g.add_argument("--resolution", type=int, default=None, help="image side of an official generator (default 256)")
+    g.add_argument("--num-classes", type=int, default=None, help="classes of an official generator (default 1000)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
         torch.backends.cudnn.allow_tf32 = not args.no_tf32
     try:
-        gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device)
+        gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device, **official_kwargs(args))
         kw = resolve_sampling(args, gen.sample_defaults)
         start = time.perf_counter()
         result = sample_to_outputs(

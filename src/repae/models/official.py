@@ -145,6 +145,16 @@ def _inert_globals(path: Path) -> list[tuple[type, str]]:
     return out
 
 
+def _weights_only_load(path: Path, allowed: list) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped when the file allows it (optimizer states in a
+    training checkpoint are then never read from disk)."""
+    import zipfile
+
+    with torch.serialization.safe_globals(allowed):
+        mmap = zipfile.is_zipfile(path)  # torch >= 1.6 format; legacy files cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def load_official_file(path: str | os.PathLike) -> Any:
     """Read a published checkpoint (``.pt`` / ``.pth`` / ``.ckpt`` / ``.bin`` / ``.safetensors``) on the CPU.
 
@@ -171,13 +181,10 @@ def load_official_file(path: str | os.PathLike) -> Any:
             return grouped
         return flat
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(p, map_location="cpu", weights_only=True)
+        return _weights_only_load(p, [argparse.Namespace])
     except Exception as first:  # noqa: BLE001 - retried once with inert placeholders, else one line
         try:
-            stubs = _inert_globals(p)
-            with torch.serialization.safe_globals(stubs):
-                return torch.load(p, map_location="cpu", weights_only=True)
+            return _weights_only_load(p, _inert_globals(p))
         except Exception:  # noqa: BLE001
             msg = (str(first).strip().splitlines() or [type(first).__name__])[0][:160]
             raise ConfigError(f"cannot read {p} as a torch checkpoint ({msg}); expected a state dict or a "
@@ -347,11 +354,13 @@ def guess_presets(state_dict: Mapping[str, Tensor], family: str | None = None) -
 # ----------------------------------------------------------------------------------------------
 
 
-def _sigma_mask(rows: int, C: int, p: int) -> Tensor:
-    """Rows of a ``p*p*2C``-output head that the official forward keeps (channel index < C within each pixel)."""
+def _sigma_rows(rows: int, C: int, p: int) -> tuple[Tensor, Tensor]:
+    """(kept, dropped) row indices of a ``p*p*2C``-output head: the official forward keeps the rows whose
+    channel index (fastest within each of the p*p pixels) is < C. Index tensors, so meta tensors work."""
     if rows != p * p * 2 * C:
         raise KeyLayoutError(f"final_layer.linear has {rows} outputs, expected p*p*2C = {p * p * 2 * C}")
-    return (torch.arange(rows) % (2 * C)) < C  # [p*p*2C] bool
+    keep = (torch.arange(rows) % (2 * C)) < C  # [p*p*2C] bool
+    return keep.nonzero().reshape(-1), (~keep).nonzero().reshape(-1)  # [p*p*C] each
 
 
 def official_to_repae(state_dict: Mapping[str, Tensor], layout: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -382,10 +391,10 @@ def official_to_repae(state_dict: Mapping[str, Tensor], layout: str) -> tuple[di
         D, C, p = _geometry(sd)
         w = sd.get("final_layer.linear.weight")
         if w is not None and int(w.shape[0]) == p * p * 2 * C:  # learn_sigma head: keep the forward's half
-            mask = _sigma_mask(int(w.shape[0]), C, p)
-            extras["sigma"] = {k: sd[k][~mask] for k in SIGMA_KEYS}
+            kept, dropped = _sigma_rows(int(w.shape[0]), C, p)
+            extras["sigma"] = {k: sd[k].index_select(0, dropped.to(sd[k].device)) for k in SIGMA_KEYS}
             for k in SIGMA_KEYS:
-                sd[k] = sd[k][mask]
+                sd[k] = sd[k].index_select(0, kept.to(sd[k].device))
     return sd, extras
 
 
@@ -411,10 +420,11 @@ def repae_to_official(state_dict: Mapping[str, Tensor], layout: str, *, extras: 
             raise KeyLayoutError(f"final_layer.linear has {int(w.shape[0])} outputs, expected p*p*C = {p * p * C}")
         sigma = extras.get("sigma") or {"final_layer.linear.weight": torch.zeros_like(w),
                                         "final_layer.linear.bias": torch.zeros_like(b)}
-        mask = _sigma_mask(p * p * 2 * C, C, p)
+        kept_rows, dropped_rows = _sigma_rows(p * p * 2 * C, C, p)
         for k, kept in (("final_layer.linear.weight", w), ("final_layer.linear.bias", b)):
             full = kept.new_empty((p * p * 2 * C, *kept.shape[1:]))
-            full[mask], full[~mask] = kept, sigma[k].to(kept.dtype)
+            full.index_copy_(0, kept_rows.to(kept.device), kept)
+            full.index_copy_(0, dropped_rows.to(kept.device), sigma[k].to(kept.dtype))
             sd[k] = full
     if layout == "repa" and extras.get("legacy_encoder_depth"):
         enc = int(extras["legacy_encoder_depth"])

@@ -425,73 +425,97 @@ def sample_to_outputs(generator: Generator, *, num_samples: int, batch_size: int
     folder = Path(out_dir) if out_dir is not None else None
     if npz_path is not None and npz_path.exists():
         return SampleOutputs(num_samples, 0, 0, npz_path if rank == 0 else None, folder)
-
     custom_labels = labels is not None
     if labels is None:
         labels = sample_labels(num_samples, seed, generator.num_classes)  # [N]
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.numel() != num_samples:
         raise ConfigError(f"got {labels.numel()} labels for num_samples={num_samples}")
-    mine = shard_indices(num_samples, rank, world_size, shard)
-    sample_kw = dict(sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval)
-
-    def run_batch(idx: list[int]) -> np.ndarray:
-        imgs = generator(labels[idx], seeds=sample_seeds(seed, idx), **sample_kw)  # [b, 3, H, W] uint8
-        return imgs.permute(0, 2, 3, 1).cpu().numpy()  # [b, H, W, 3]
-
-    show = progress and rank == 0
+    job = _SamplingJob(generator, labels, seed, batch_size, rank, world_size, distributed,
+                       shard_indices(num_samples, rank, world_size, shard), show=progress and rank == 0,
+                       sample_kw=dict(sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
+                                      guidance_interval=guidance_interval))
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        _check_folder_settings(folder, dict(sample_kw, guidance_interval=list(guidance_interval), seed=seed,
+        _check_folder_settings(folder, dict(job.sample_kw, guidance_interval=list(guidance_interval), seed=seed,
                                             labels="custom" if custom_labels else "sample_labels"), rank)
-        pending = [i for i in mine if not _png_path(folder, i).exists()]
-        with tqdm(total=len(pending), desc="sampling", unit="img", disable=not show) as bar:
-            for start in range(0, len(pending), batch_size):
-                idx = pending[start:start + batch_size]
-                for i, img in zip(idx, run_batch(idx)):
+        return job.to_folder(folder, npz_path)
+    return job.in_memory(npz_path)
+
+
+@dataclass
+class _SamplingJob:
+    """One rank's share of :func:`sample_to_outputs` (validated inputs; two ways to store the images)."""
+
+    generator: Generator
+    labels: torch.Tensor  # [N]
+    seed: int
+    batch_size: int
+    rank: int
+    world_size: int
+    distributed: bool
+    mine: list[int]  # this rank's sample indices
+    show: bool
+    sample_kw: dict
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.numel())
+
+    def run_batch(self, idx: list[int]) -> np.ndarray:
+        imgs = self.generator(self.labels[idx], seeds=sample_seeds(self.seed, idx), **self.sample_kw)  # [b, 3, H, W]
+        return imgs.permute(0, 2, 3, 1).cpu().numpy()  # [b, H, W, 3] uint8
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def to_folder(self, folder: Path, npz_path: Path | None) -> SampleOutputs:
+        """PNG per index (existing ones kept: resume); rank 0 then packs them into the npz."""
+        pending = [i for i in self.mine if not _png_path(folder, i).exists()]
+        with tqdm(total=len(pending), desc="sampling", unit="img", disable=not self.show) as bar:
+            for start in range(0, len(pending), self.batch_size):
+                idx = pending[start:start + self.batch_size]
+                for i, img in zip(idx, self.run_batch(idx)):
                     _save_png(_png_path(folder, i), img)
                 bar.update(len(idx))
-        if distributed:
-            torch.distributed.barrier()
+        self._barrier()
         written = None
-        if rank == 0 and npz_path is not None:
-            missing = [i for i in range(num_samples) if not _png_path(folder, i).exists()]
+        if self.rank == 0 and npz_path is not None:
+            n = self.num_samples
+            missing = [i for i in range(n) if not _png_path(folder, i).exists()]
             if missing:
                 raise RuntimeError(f"{len(missing)} PNGs missing in {folder} (e.g. {missing[0]:06d}.png); "
                                    "rerun to resume")
             first = _load_png(_png_path(folder, 0))
-            images = (_load_png(_png_path(folder, i)) for i in range(num_samples))
-            written = write_adm_npz(npz_path, images, num_images=num_samples, image_shape=first.shape,
-                                    labels=labels.numpy())
-        if distributed:
-            torch.distributed.barrier()
-        return SampleOutputs(num_samples, len(pending), len(mine) - len(pending), written, folder)
+            images = (_load_png(_png_path(folder, i)) for i in range(n))
+            written = write_adm_npz(npz_path, images, num_images=n, image_shape=first.shape,
+                                    labels=self.labels.numpy())
+        self._barrier()
+        return SampleOutputs(self.num_samples, len(pending), len(self.mine) - len(pending), written, folder)
 
-    # in-memory: every rank runs the same number of rounds so gather_object stays in lockstep
-    per_rank = math.ceil(num_samples / world_size)  # longest shard, both sharding modes
-    rounds = math.ceil(per_rank / batch_size)
-    store: np.ndarray | None = None
-    with tqdm(total=num_samples, desc="sampling", unit="img", disable=not show) as bar:
-        for r in range(rounds):
-            idx = mine[r * batch_size:(r + 1) * batch_size]
-            payload = (idx, run_batch(idx) if idx else None)
-            if distributed:
-                gathered: list | None = [None] * world_size if rank == 0 else None
-                torch.distributed.gather_object(payload, gathered, dst=0)
-            else:
-                gathered = [payload]
-            if rank == 0:
-                for got_idx, got_imgs in gathered:
-                    if not got_idx:
-                        continue
-                    if store is None:
-                        store = np.empty((num_samples, *got_imgs.shape[1:]), dtype=np.uint8)
-                    store[got_idx] = got_imgs
-                    bar.update(len(got_idx))
-    written = None
-    if rank == 0:
-        written = write_adm_npz(npz_path, iter(store), num_images=num_samples, image_shape=store.shape[1:],
-                                labels=labels.numpy())
-    if distributed:
-        torch.distributed.barrier()
-    return SampleOutputs(num_samples, len(mine), 0, written, None)
+    def in_memory(self, npz_path: Path) -> SampleOutputs:
+        """Gather to rank 0; every rank runs the same number of rounds so gather_object stays in lockstep."""
+        n, world = self.num_samples, self.world_size
+        rounds = math.ceil(math.ceil(n / world) / self.batch_size)  # longest shard, both sharding modes
+        store: np.ndarray | None = None
+        with tqdm(total=n, desc="sampling", unit="img", disable=not self.show) as bar:
+            for r in range(rounds):
+                idx = self.mine[r * self.batch_size:(r + 1) * self.batch_size]
+                payload = (idx, self.run_batch(idx) if idx else None)
+                gathered: list | None = [payload]
+                if self.distributed:
+                    gathered = [None] * world if self.rank == 0 else None
+                    torch.distributed.gather_object(payload, gathered, dst=0)
+                for got_idx, got_imgs in (gathered if self.rank == 0 else []):
+                    if got_idx:
+                        if store is None:
+                            store = np.empty((n, *got_imgs.shape[1:]), dtype=np.uint8)
+                        store[got_idx] = got_imgs
+                        bar.update(len(got_idx))
+        written = None
+        if self.rank == 0:
+            written = write_adm_npz(npz_path, iter(store), num_images=n, image_shape=store.shape[1:],
+                                    labels=self.labels.numpy())
+        self._barrier()
+        return SampleOutputs(n, len(self.mine), 0, written, None)

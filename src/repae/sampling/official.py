@@ -19,9 +19,11 @@ Latent statistics, first match wins (``Generator.official_stats`` says which was
 1. ``stats``: a REPA-E ``*-latents-stats.pt``, a VA-VAE ``latents_stats.pt`` or a ``repae`` JSON;
 2. REPA-E layout: the latent BatchNorm saved inside the SiT entry that is loaded (``ema``: the EMA
    statistics, exactly what ``generate.py`` uses);
-3. for REPA / SiT / DiT (trained on SD-VAE latents times 0.18215): mean 0, std 1 / 0.18215;
-4. otherwise (LightningDiT): the VAE's sidecar ``<vae>-latents-stats.pt``, the tokenizer folder's
-   ``latent_stats.json``, or the diffusers config's ``latents_mean`` / ``latents_std``; else an error.
+3. the VAE's own statistics: the sidecar ``<vae>-latents-stats.pt`` of a VAE file (REPA-E's naming),
+   a tokenizer folder's ``latent_stats.json``, or a diffusers config's ``latents_mean`` / ``latents_std``;
+4. for REPA / SiT / DiT on 4-channel latents (SD-VAE latents times 0.18215, e.g. with the diffusers
+   ``sd-vae-ft-ema`` folder, which has none of the above): mean 0, std 1 / 0.18215; else an error
+   (LightningDiT: pass its ``latents_stats.pt``).
 
 Out: :func:`export_official` writes a run's SiT (live ``model`` + ``ema``, each with the latent
 BatchNorm as ``bn.*``) and E2E-VAE in the layout ``generate.py`` of REPA-E reads.
@@ -167,13 +169,13 @@ def _statistics(stats: Any, info: OfficialWeights, vae_stats, channels: int) -> 
         bn = info.extras["bn"]
         return OfficialStats(f"latent BatchNorm of the '{info.entry}' entry (bn.running_mean / bn.running_var)",
                              bn["running_mean"].float().reshape(-1), bn["running_var"].float().reshape(-1))
-    if info.layout in ("repa", "sit", "dit"):
-        std = torch.full((channels,), 1.0 / SD_LATENT_SCALE)
-        return OfficialStats(f"SD-VAE scale {SD_LATENT_SCALE} (mean 0, std 1/{SD_LATENT_SCALE}), as "
-                             f"{info.layout.upper()}'s sampler", torch.zeros(channels), std.pow(2))
     if vae_stats is not None:
         source, mean, var = vae_stats
         return OfficialStats(source, mean.float().reshape(-1), var.float().reshape(-1))
+    if info.layout in ("repa", "sit", "dit") and channels == 4:
+        std = torch.full((channels,), 1.0 / SD_LATENT_SCALE)
+        return OfficialStats(f"SD-VAE scale {SD_LATENT_SCALE} (mean 0, std 1/{SD_LATENT_SCALE}), as "
+                             f"{info.layout.upper()}'s sampler", torch.zeros(channels), std.pow(2))
     raise ConfigError(f"no latent statistics for this {LAYOUTS[info.layout].family} checkpoint: pass --stats "
                       "(e.g. LightningDiT's latents_stats.pt or a REPA-E *-latents-stats.pt)")
 
@@ -268,7 +270,6 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
     ``AutoencoderKL`` folder ``out_dir/{vae_name}-hf/`` (``vae_format="diffusers"``).
     """
     from repae.config import from_dict
-    from repae.models import build_model
     from repae.tokenizer.convert import diffusers_to_ldm
     from repae.tokenizer.stats import to_scale_bias
     from repae.training.builders import build_sit_for, build_tokenizer_arch
@@ -307,7 +308,6 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
         path = out / "checkpoints" / f"{step:07d}.pt"
         _save_pt(path, ckpt)
         written["checkpoint"] = path
-        del build_model
         args = {
             "model": preset, "vae": cfg.tokenizer.preset, "resolution": cfg.data.resolution,
             "num_classes": cfg.model.num_classes, "cfg_prob": cfg.model.class_dropout_prob,
@@ -316,7 +316,7 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
             "bn_momentum": cfg.tokenizer.bn_momentum, "qk_norm": cfg.model.qk_norm, "fused_attn": False,
             "path_type": cfg.diffusion.path, "prediction": "v", "weighting": cfg.diffusion.time_sampler,
             "exp_name": out.name, "exported_by": "repae export", "layout": layout,
-            "time_convention": LAYOUTS[layout].time if layout != "lightningdit" else "transport",
+            "time_convention": LAYOUTS[layout].time,
         }
         write_json(out / "args.json", args)
         written["args"] = out / "args.json"

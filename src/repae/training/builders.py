@@ -60,9 +60,10 @@ def build_tokenizer_arch(cfg: RunConfig):
 
 def build_tokenizer(cfg: RunConfig, recipe: Recipe):
     """Tokenizer with weights (unless the recipe starts from scratch) and normaliser statistics."""
+    from repae.tokenizer.registry import resolve_tokenizer_weights
     from repae.tokenizer.tokenizer import Tokenizer
 
-    weights = None if recipe.vae_random_init else cfg.tokenizer.weights
+    weights = None if recipe.vae_random_init else resolve_tokenizer_weights(cfg.tokenizer.weights)
     if weights and Path(weights).is_dir() and (Path(weights) / "latent_stats.json").exists():
         tok = Tokenizer.from_pretrained(weights)
         tok.normalizer.momentum = cfg.tokenizer.bn_momentum

@@ -226,7 +226,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, models: dict[str, dict[st
             f"last good checkpoint: {last_good_checkpoint(run_dir)}")
     needed = estimate_checkpoint_bytes(models, {})  # models exactly; optimizer tensors below
     needed += sum(v.numel() * v.element_size() for v in opt_tensors.values())
-    hint = f" (a rerun resumes from {last_good_checkpoint(run_dir)})"
+    good = last_good_checkpoint(run_dir)
+    hint = f" (a rerun resumes from {good})" if good.startswith(str(run_dir)) else " (a rerun starts from step 0)"
     check_free_space(ckpt_root, needed, f"checkpoint {final.name}", resume_hint=hint)
 
     tmp = ckpt_root / f".{final.name}.tmp-{os.getpid()}"
@@ -249,7 +250,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, models: dict[str, dict[st
         fsync_dir(ckpt_root)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_no_space(err):
             raise CheckpointSpaceError(
@@ -593,20 +594,22 @@ def resume_run(trainer) -> Path | None:
 
 
 def prepare_run(trainer) -> None:
-    """Main process, after resuming: make the run folder consistent with ``trainer.step``.
+    """Every process, after resuming: make the run folder consistent with ``trainer.step``.
 
     ``metrics.jsonl`` loses the records after the resumed step (they are logged again, so no step
     appears twice) and any torn last line; the disk must hold one more checkpoint (else
     :class:`CheckpointSpaceError` before the first step, naming the size); a fresh start
-    (``train.resume=false``) in a folder with checkpoints of an earlier run is warned about.
+    (``train.resume=false``) in a folder with checkpoints of an earlier run is warned about. Only
+    the main process writes; the space check runs on every rank so that all of them stop together.
     """
     from repae.utils.io import truncate_jsonl
 
     run_dir = trainer.cfg.run_dir
-    dropped = truncate_jsonl(run_dir / "metrics.jsonl", trainer.step)
+    main = trainer.engine.is_main
+    dropped = truncate_jsonl(run_dir / "metrics.jsonl", trainer.step) if main else 0
     if dropped:
         log.info("metrics.jsonl: dropped %d records after step %d (they are logged again)", dropped, trainer.step)
-    if not trainer.cfg.train.resume and (old := latest_checkpoint(run_dir)) is not None:
+    if main and not trainer.cfg.train.resume and (old := latest_checkpoint(run_dir)) is not None:
         log.warning("train.resume=false but %s holds checkpoints up to %s from an earlier run; a later resume may "
                     "pick those: use a new train.exp_name for a fresh run", run_dir, old.name)
     needed = estimate_checkpoint_bytes(trainer.model_state(), trainer.optimizers)

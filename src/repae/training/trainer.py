@@ -399,8 +399,7 @@ class Trainer:
             write_json(run_dir / "config.json", cfg.to_dict())
         if cfg.train.resume and (ckpt := resume_run(self)) is not None:  # newest checkpoint that verifies
             log.info("resumed from %s (step %d)", ckpt, self.step)
-        if eng.is_main:
-            prepare_run(self)  # metrics.jsonl cut back to this step; room for one checkpoint
+        prepare_run(self)  # metrics.jsonl cut back to this step; room for one checkpoint (all ranks stop together)
         total = cfg.train.max_steps if max_steps is None else max_steps
         writer = self._writer() if eng.is_main else None
         metrics_file = run_dir / "metrics.jsonl"

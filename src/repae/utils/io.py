@@ -82,6 +82,9 @@ def is_no_space(err: BaseException) -> bool:
     while err is not None:
         if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
             return True
+        # libraries that wrap the OS error in their own type (safetensors: "... (os error 28)")
+        if (m := re.search(r"os error (\d+)", str(err))) and int(m.group(1)) in NO_SPACE_ERRNOS:
+            return True
         err = err.__cause__ or err.__context__
     return False
 
