@@ -6,7 +6,7 @@ KL + PatchGAN, no regulariser) on the 5,000 embedded training images, then expor
 statistics. Writes ``record.json`` beside it: the exact commands, the seed, the loss curve and the
 reconstruction metrics of the 1,000 held-out test images.
 
-    .venv/bin/python scripts/make_vae_asset.py            # about 20 min on 2 CPU cores
+    .venv/bin/python scripts/make_vae_asset.py            # about 20 min on 2 idle CPU cores
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from repae.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "repae" / "assets" / "repae-vae-fmnist"
-STEPS = 600
+STEPS = 1500
 TRAIN = ["train", "--config", "tiny-fmnist", "--recipe", "vae", "--no-export", "train.exp_name=repae-vae-fmnist",
          f"train.max_steps={STEPS}", "train.seed=0", "train.threads=2", f"train.checkpoint_every={STEPS}",
          "train.report=false", "train.diagnostics_every=0", "train.report_to=none"]

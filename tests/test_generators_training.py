@@ -49,3 +49,22 @@ def test_irepa_options_train(tmp_path, projector, norm):
     assert isinstance(tr.sit.projectors[0], ConvProjector) == (projector == "conv")
     metrics = tr.train_step(*batch(tr))
     assert torch.isfinite(torch.as_tensor(metrics["proj_loss"]))
+
+
+def test_init_from_a_run_and_from_an_official_file(tmp_path):
+    from repae.models.official import repae_to_official
+
+    src = make_trainer(tmp_path / "a")
+    src.train_step(*batch(src))
+    src.save()
+    ema = {k: v.clone() for k, v in src.ema.model.state_dict().items()}
+    run_dir = src.cfg.run_dir
+    b = make_trainer(tmp_path / "b", f"train.init_from={run_dir}")
+    assert all(torch.equal(b.sit.state_dict()[k], v) for k, v in ema.items())
+    path = tmp_path / "official.pt"
+    official = repae_to_official(ema, "repa-e", bn=src.tokenizer.normalizer.state_dict())  # bn.* inside the SiT
+    torch.save({"model": {f"module.{k}": v for k, v in official.items()}, "ema": official}, path)
+    c = make_trainer(tmp_path / "c", f"train.init_from={path}")
+    assert all(torch.equal(c.sit.state_dict()[k], v) for k, v in ema.items())
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_trainer(tmp_path / "d", f"train.init_from={tmp_path / 'nope.pt'}")

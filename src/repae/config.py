@@ -140,6 +140,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     sample_every: int = 200
+    init_from: str | None = None  # generator init: a repae run/checkpoint or an official .pt/.safetensors (EMA)
     resume: bool = True  # resume from the latest complete checkpoint of the run folder
     threads: int = 0  # torch CPU threads (0 = torch default)
     report_to: str = "tensorboard"  # tensorboard | wandb | none

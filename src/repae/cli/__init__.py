@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "config": ("repae.cli.config", "print the resolved configuration of a preset with overrides"),
     "analyze": ("repae.cli.analyze", "DCT spectra, latent SV/TV, PCA views, reconstructions and CKNNA of runs or VAEs"),
     "report": ("repae.cli.report", "one self-contained HTML page of a run: config, curves, samples, analysis"),
+    "study": ("repae.cli.study", "REPA-E vs baselines and ablations at equal budget, with a report of the paper's claims"),
 }
 
 

@@ -144,3 +144,30 @@ def check_token_counts(cfg: RunConfig, sit, encoders) -> None:
                 f"encoder '{name}' gives {n} tokens at {cfg.data.resolution}px but {cfg.model.preset} has {tokens}; "
                 "choose the SiT patch size (or VAE) so the token grids match"
             )
+
+
+def init_generator_weights(cfg: RunConfig, model) -> str | None:
+    """``train.init_from``: start the generator from a ``repae`` run / checkpoint folder (its EMA
+    weights) or a published checkpoint file (REPA-E / REPA / SiT / DiT / LightningDiT layouts, strict
+    key matching, converted to ``repae``'s time convention). Resuming a run overrides it."""
+    src = cfg.train.init_from
+    if not src:
+        return None
+    path = Path(src)
+    if path.is_dir():
+        from repae.training.checkpoint import read_checkpoint
+
+        models, _, _ = read_checkpoint(path)
+        if "ema.model" not in models:
+            raise ConfigError(f"train.init_from={src} holds no generator (recipe without one?); pass a run that has one")
+        from repae.models.official import check_state_dict
+
+        check_state_dict(models["ema.model"], model.state_dict(), what=f"train.init_from={src}")
+        model.load_state_dict(models["ema.model"], strict=True)
+        return f"initialised the generator from the EMA weights of {src}"
+    if not path.is_file():
+        raise ConfigError(f"train.init_from={src} does not exist: give a repae run folder or a checkpoint file")
+    from repae.models.official import load_official_weights
+
+    info = load_official_weights(model, path)
+    return f"initialised the generator from {src} ({info.layout} layout, entry '{info.entry}')"

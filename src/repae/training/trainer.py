@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from repae.training.builders import (
     build_tokenizer,
     check_token_counts,
     encoder_dims,
+    init_generator_weights,
     validate_config,
 )
 from repae.training.checkpoint import prepare_run, read_checkpoint, restore_optimizers, resume_run, save_checkpoint
@@ -81,6 +81,8 @@ class Trainer:
         self.tokenizer, has_stats = build_tokenizer(cfg, recipe)
         self.tokenizer.to(dev)
         self.sit = build_sit_for(cfg, self.tokenizer, z_dims=self.z_dims).to(dev) if recipe.build_sit else None
+        if self.sit is not None and (note := init_generator_weights(cfg, self.sit)):
+            log.info(note)
         if self.sit is not None:
             check_token_counts(cfg, self.sit, self.encoders)
         self.latent_shape = self.tokenizer.latent_shape(cfg.data.resolution)
@@ -426,8 +428,8 @@ class Trainer:
                     if writer is not None:
                         for k, v in last.items():
                             writer.add_scalar(k, v, self.step)
-                    bar.set_postfix(img_s=f"{ips:.1f}", sit=f"{last.get('sit_loss', math.nan):.3f}",
-                                    vae=f"{last.get('vae_loss', math.nan):.3f}")
+                    bar.set_postfix(img_s=f"{ips:.1f}", **{name: f"{last[key]:.3f}" for name, key in
+                                                           (("sit", "sit_loss"), ("vae", "vae_loss")) if key in last})
             if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
                 if eng.is_main:
                     self.save()

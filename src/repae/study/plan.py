@@ -1,0 +1,361 @@
+"""The study as data: every run (name, recipe, overrides, which table and claim it feeds) and its cost.
+
+``repae study`` trains REPA-E against its baselines and the paper's ablations at one number of
+steps, one batch size and the same seeds, then trains a fresh SiT on each frozen tokenizer. The
+rows (``KINDS``) and the seed's tables they fill (``../shared/seed/repa-e-presentation.txt``;
+paper = Leng et al. 2025, "REPA-E: Unlocking VAE for End-to-End Tuning with Latent Diffusion
+Transformers"):
+
+==================  ==============  ==========  =======  ======================================
+kind                recipe          tokenizer   seeds    tables (seed heading / paper section)
+==================  ==============  ==========  =======  ======================================
+vanilla             vanilla         VAE init.   all      main, drop-in ("SD-VAE, REPA x")
+repa                repa            VAE init.   all      main, iterations, collapse ("w/o E2E
+                                                         tuning"), drop-in, tokenizer
+repa-e              repa-e          VAE init.   all      main, iterations, ablation, collapse,
+                                                         tokenizer; exports the E2E-VAE
+repa-e-scratch      vae-scratch     random      ablation iterations ("REPA-E (scratch)", sec. 4)
+e2e-diffusion       e2e-diffusion   VAE init.   ablation collapse ("E2E w/ Diff. Loss", sec. 3.1)
+no-stopgrad         no-stopgrad     VAE init.   ablation ablation ("w/o stopgrad", Table 6)
+no-normalizer       no-normalizer   VAE init.   ablation ablation ("w/o batch-norm", Table 6)
+no-lreg             no-lreg         VAE init.   ablation ablation ("w/o L_REG", Table 6)
+dropin-vanilla      vanilla         E2E-VAE     all      drop-in ("E2E-VAE, REPA x", sec. 4.3)
+dropin-repa         repa            E2E-VAE     all      drop-in, tokenizer ("E2E-VAE, REPA v")
+==================  ==============  ==========  =======  ======================================
+
+"VAE init." is the study's starting tokenizer (``StudyConfig.tokenizer``, default the shipped
+``repae-vae-fmnist``: the embedded analogue of SD-VAE). The drop-in rows use the E2E-VAE that the
+``repa-e`` run of the same seed exported (``<run>/e2e-vae``), frozen; their "initial tokenizer"
+counterparts are the ``repa`` and ``vanilla`` rows themselves (a frozen VAE init. with and without
+REPA is exactly those runs), so the drop-in table costs two runs per seed, not four.
+
+Budget of the default (``small``) study, estimated by :func:`estimate_seconds` (not measured end
+to end): REPA-E costs 2.0 s/step at batch 64 on the 2-core reference machine (the README main job:
+300 steps in about 10 minutes); the other recipes are scaled by the per-step cost ratios in
+:data:`STEP_COST` (``repae bench --threads 1 --steps 3 train.batch_size=32`` of each recipe on one
+shared core: repa-e 4.05-4.4 s, vae-scratch 4.36, no-normalizer 4.70, no-stopgrad 3.17,
+e2e-diffusion 3.38, no-lreg 1.92, repa 1.68-2.53, vanilla 0.20-0.26). Sampling for evaluation
+(SiT-T/1, 25 Euler steps) was measured at 0.052 s/image on the same shared core, i.e. about
+0.0125 s/image on the reference machine (the same 4.2x as the training step). With 2 seeds,
+240 steps of batch 64 and 4 FD points of 500 samples + a final evaluation on 1000 samples per run,
+the 15 runs come to about 65 min of training + 9 min of sampling + 4 min of other evaluation
+(reference, rFID, analysis) = about 78 min (``repae study --dry-run`` prints the breakdown). The
+REPA-E figure includes the main job's preview grids and diagnostics, which the study turns off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repae.errors import ConfigError
+
+BUDGETS = ("small", "paper")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One row of the study (repeated per seed)."""
+
+    recipe: str  # repae.training.recipes name
+    label: str  # row label in the seed's tables
+    tokenizer: str  # "init" (StudyConfig.tokenizer) | "scratch" (recipe ignores weights) | "e2e" (exported)
+    seeds: str  # "all" (StudyConfig.seeds) | "ablation" (StudyConfig.ablation_seeds)
+    tables: tuple[str, ...]
+
+
+#: kind -> row, in run order (a drop-in row follows the repa-e run it depends on)
+KINDS: dict[str, Kind] = {
+    "vanilla": Kind("vanilla", "SiT (vanilla)", "init", "all", ("main", "dropin")),
+    "repa": Kind("repa", "REPA", "init", "all", ("main", "iterations", "collapse", "dropin", "tokenizer")),
+    "repa-e": Kind("repa-e", "REPA-E (VAE init.)", "init", "all",
+                   ("main", "iterations", "ablation", "collapse", "tokenizer")),
+    "dropin-vanilla": Kind("vanilla", "E2E-VAE + SiT (vanilla)", "e2e", "all", ("dropin",)),
+    "dropin-repa": Kind("repa", "E2E-VAE + REPA", "e2e", "all", ("dropin", "tokenizer")),
+    "repa-e-scratch": Kind("vae-scratch", "REPA-E (scratch)", "scratch", "ablation", ("iterations",)),
+    "e2e-diffusion": Kind("e2e-diffusion", "E2E w/ Diff. Loss", "init", "ablation", ("collapse",)),
+    "no-stopgrad": Kind("no-stopgrad", "w/o stopgrad", "init", "ablation", ("ablation",)),
+    "no-normalizer": Kind("no-normalizer", "w/o batch-norm", "init", "ablation", ("ablation",)),
+    "no-lreg": Kind("no-lreg", "w/o L_REG", "init", "ablation", ("ablation",)),
+}
+
+#: seconds per training step at batch 64 on the 2-core reference machine (see the module docstring)
+STEP_COST: dict[str, float] = {
+    "repa-e": 2.0, "vae-scratch": 2.0, "no-normalizer": 2.0, "no-stopgrad": 1.6, "e2e-diffusion": 1.6,
+    "no-lreg": 1.0, "repa": 0.9, "vanilla": 0.12,
+}
+SAMPLE_COST = 0.0125  # seconds per generated image at 25 solver steps (SiT-T/1, 32 px, reference machine)
+RUN_OVERHEAD = 15.0  # seconds per run: build, rFID on the test split, latent analysis, checkpoint I/O
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study; runs made with other values are never mixed into one report."""
+
+    out: str = "study"  # study folder: runs/, report.{html,md}, results.json, figures/
+    budget: str = "small"  # small (run it here) | paper (print the ImageNet command lines)
+    seeds: int = 2  # seeds of the rows marked "all" (REPA-E vs REPA vs vanilla, drop-in)
+    ablation_seeds: int = 1  # seeds of the other rows; their spread is borrowed (repae.study.claims)
+    steps: int = 240
+    batch_size: int = 64
+    tokenizer: str = "repae-vae-fmnist"  # "VAE init.": registry name, tokenizer folder or weights file
+    preset: str = "tiny-fmnist"  # base config of every run
+    overrides: tuple[str, ...] = ()  # dotted overrides applied to every run, after the study's own
+    kinds: tuple[str, ...] = tuple(KINDS)  # which rows to plan
+    eval_every: int = 60  # FD-vs-step points (and checkpoints) every this many steps
+    curve_samples: int = 500  # samples per FD-vs-step point (more than the 256 feature dimensions)
+    eval_samples: int = 1000  # samples of the final evaluation; also images for rFID
+    sampler: str = "euler"
+    sample_steps: int = 25
+    cfg_scale: float = 1.0  # the paper's comparison tables are without guidance
+    eval_seed: int = 0  # labels and noise of the evaluation samples: identical for every run
+    reference: str = "embedded:train"  # FD reference images (or an .npz made by `repae reference`)
+    recon_data: str = "embedded:test"  # rFID / PSNR images
+    analysis_data: str = "embedded:test"  # spatial variance / TV / CKNNA / PCA images
+    analysis_images: int = 256
+    threads: int = 0  # torch CPU threads per run (0 = torch default)
+
+    def check(self) -> None:
+        """One line naming the fix for every unusable value."""
+        if self.budget not in BUDGETS:
+            raise ConfigError(f"--budget {self.budget!r}: choose one of {', '.join(BUDGETS)}")
+        for name in ("seeds", "ablation_seeds", "steps", "batch_size", "eval_every", "curve_samples",
+                     "eval_samples", "sample_steps", "analysis_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"study {name}={value!r} must be a positive integer")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"study threads={self.threads!r} must be an integer >= 0 (0 = torch default)")
+        if self.cfg_scale < 1.0:
+            raise ConfigError(f"study cfg_scale={self.cfg_scale} must be >= 1 (1 = no guidance)")
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown:
+            raise ConfigError(f"unknown study row(s) {', '.join(unknown)}; choose from: {', '.join(KINDS)}")
+        for text in self.overrides:
+            if "=" not in text or "." not in text.split("=", 1)[0]:
+                raise ConfigError(f"--set {text!r} must look like section.key=value (e.g. train.threads=1)")
+
+    @property
+    def curve_n(self) -> int:
+        """Samples per FD-vs-step point (never more than the final evaluation's)."""
+        return min(self.curve_samples, self.eval_samples)
+
+    def settings(self) -> dict:
+        """The values a run's results depend on (its fingerprint, without the folder)."""
+        d = dataclasses.asdict(self)
+        for k in ("out", "budget", "seeds", "ablation_seeds", "kinds", "threads"):
+            d.pop(k)
+        d["overrides"] = list(self.overrides)
+        return d
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the plan: a ``repae`` run folder ``<out>/runs/<name>``."""
+
+    name: str  # "<kind>-s<seed>"
+    kind: str
+    recipe: str
+    seed: int
+    label: str
+    tables: tuple[str, ...]
+    overrides: tuple[str, ...]  # everything on top of the preset, in order
+    depends_on: str | None = None  # run whose exported E2E-VAE is this run's tokenizer
+    exports_vae: bool = False
+
+    def run_dir(self, out: str | Path) -> Path:
+        return Path(out) / "runs" / self.name
+
+    def fingerprint(self, cfg: StudyConfig) -> str:
+        """Hash of everything the run's numbers depend on (output folder excluded)."""
+        keep = [o for o in self.overrides if not o.startswith(("train.output_dir=", "train.threads="))]
+        payload = {"preset": cfg.preset, "overrides": keep, "eval": cfg.settings()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    config: StudyConfig
+    runs: list[RunSpec] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.runs]
+
+    def get(self, name: str) -> RunSpec:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise ConfigError(f"no run named {name!r} in this study; choose from: {', '.join(self.names())}")
+
+    def by_kind(self) -> dict[str, list[RunSpec]]:
+        out: dict[str, list[RunSpec]] = {}
+        for r in self.runs:
+            out.setdefault(r.kind, []).append(r)
+        return out
+
+    def select(self, only: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[RunSpec]:
+        """The runs one process executes: ``only`` names (bad name: ConfigError) and/or shard ``(i, n)``
+        (1-based). A run lands in the same shard as the run it depends on, so each shard can finish."""
+        runs = list(self.runs)
+        if only:
+            wanted = [n.strip() for item in only for n in item.split(",") if n.strip()]
+            for n in wanted:
+                self.get(n)  # one line listing the valid names
+            runs = [r for r in runs if r.name in wanted]
+        if shard is not None:
+            mine = set(self.shards(shard[1])[shard[0] - 1])
+            runs = [r for r in runs if r.name in mine]
+        return runs
+
+    def shards(self, n: int) -> list[list[str]]:
+        """Run names of each of ``n`` shards: a run and the drop-in runs that need its E2E-VAE form one
+        group; groups go, most expensive first, to the shard with the least estimated time so far."""
+        groups: dict[str, list[RunSpec]] = {}
+        for r in self.runs:
+            groups.setdefault(r.depends_on or r.name, []).append(r)
+        cost = {root: sum(estimate_seconds(r, self.config)["total"] for r in g) for root, g in groups.items()}
+        order = sorted(groups, key=lambda root: -cost[root])  # stable: plan order among equal costs
+        load, names = [0.0] * n, [[] for _ in range(n)]
+        for root in order:
+            j = min(range(n), key=lambda s: load[s])
+            load[j] += cost[root]
+            names[j].extend(r.name for r in groups[root])
+        return [[r.name for r in self.runs if r.name in set(s)] for s in names]  # plan order within a shard
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (1 <= i <= n) -> ``(i, n)``."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r} must look like i/n, e.g. --shard 1/2 and --shard 2/2") from None
+    if not 1 <= i <= n:
+        raise ConfigError(f"--shard {text!r}: need 1 <= i <= n (e.g. --shard 1/2 and --shard 2/2)")
+    return i, n
+
+
+def _seeds(cfg: StudyConfig, kind: Kind) -> range:
+    return range(cfg.seeds if kind.seeds == "all" else min(cfg.ablation_seeds, cfg.seeds))
+
+
+def build_plan(cfg: StudyConfig) -> Plan:
+    """The runs of ``cfg`` in execution order (each drop-in run after its repa-e run)."""
+    cfg.check()
+    out = Path(cfg.out)
+    plan = Plan(cfg)
+    kinds = [k for k in KINDS if k in cfg.kinds]
+    if any(KINDS[k].tokenizer == "e2e" for k in kinds) and "repa-e" not in kinds:
+        raise ConfigError("the drop-in rows need the repa-e row (its exported E2E-VAE): add repa-e to the "
+                          "study rows or drop dropin-*")
+    common = [f"train.output_dir={out / 'runs'}", f"train.max_steps={cfg.steps}",
+              f"train.batch_size={cfg.batch_size}", f"train.checkpoint_every={cfg.eval_every}"]
+    if cfg.budget == "small":  # only what the study reads: no preview grids, diagnostics or per-run pages
+        common += ["train.keep_checkpoints=1", "train.sample_every=0", "train.diagnostics_every=0",
+                   "train.report=false", "train.report_to=none", "train.resume=true"]
+    else:  # every checkpoint is kept: FD vs step evaluates each one
+        common += ["train.keep_checkpoints=0"]
+    if cfg.threads:
+        common.append(f"train.threads={cfg.threads}")
+    per_seed: dict[int, list[RunSpec]] = {}
+    for k in kinds:
+        kind = KINDS[k]
+        for seed in _seeds(cfg, kind):
+            name = f"{k}-s{seed}"
+            depends = f"repa-e-s{seed}" if kind.tokenizer == "e2e" else None
+            if kind.tokenizer == "init":
+                tok = [f"tokenizer.weights={cfg.tokenizer}"]
+            elif kind.tokenizer == "e2e":
+                tok = [f"tokenizer.weights={out / 'runs' / depends / 'e2e-vae'}"]
+            else:
+                tok = []  # vae-scratch ignores tokenizer.weights; the normaliser starts from data statistics
+            overrides = (*common, f"train.recipe={kind.recipe}", f"train.seed={seed}", f"train.exp_name={name}",
+                         *tok, *cfg.overrides)
+            spec = RunSpec(name=name, kind=k, recipe=kind.recipe, seed=seed, label=kind.label, tables=kind.tables,
+                           overrides=overrides, depends_on=depends, exports_vae=k == "repa-e")
+            per_seed.setdefault(seed, []).append(spec)
+    # order: seed 0 of every row first (a killed study has one complete seed early), drop-ins after repa-e
+    for seed in sorted(per_seed):
+        plan.runs.extend(per_seed[seed])
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost model (the budget estimate of the module docstring)
+# ---------------------------------------------------------------------------------------------
+
+
+def curve_points(cfg: StudyConfig) -> list[int]:
+    """Steps at which the FD-vs-step curve is measured (every ``eval_every`` and the last step)."""
+    pts = list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
+    return pts if pts and pts[-1] == cfg.steps else [*pts, cfg.steps]
+
+
+def estimate_seconds(run: RunSpec, cfg: StudyConfig) -> dict[str, float]:
+    """Predicted seconds of one run on the reference machine: training, sampling, the rest."""
+    train = cfg.steps * STEP_COST.get(run.recipe, 2.0) * cfg.batch_size / 64
+    images = len(curve_points(cfg)) * cfg.curve_samples + cfg.eval_samples
+    guided = 2 if cfg.cfg_scale > 1.0 else 1  # CFG doubles the batch of every solver step
+    sample = images * SAMPLE_COST * cfg.sample_steps / 25 * guided
+    return {"train": train, "sample": sample, "other": RUN_OVERHEAD, "total": train + sample + RUN_OVERHEAD}
+
+
+# ---------------------------------------------------------------------------------------------
+# The same study on ImageNet (--budget paper): command lines only
+# ---------------------------------------------------------------------------------------------
+
+#: what the paper-scale study changes (the paper's ablation setting, spec-repae.md 9.2 [unverified]:
+#: SiT-L/2, SD-VAE f8d4, DINOv2-B at depth 8, 100K iterations of batch 256, gFID on 50K samples)
+PAPER = dict(out="study-imagenet", budget="paper", seeds=1, ablation_seeds=1, steps=100_000, batch_size=256,
+             tokenizer="pretrained/sd-vae-ft-mse", preset="imagenet-repae-sit-xl2", overrides=("model.preset=SiT-L/2",),
+             eval_every=50_000, eval_samples=50_000, analysis_images=10_000)
+PAPER_FILES = {  # files the user supplies (nothing is downloaded)
+    "reference": "VIRTUAL_imagenet256_labeled.npz",
+    "inception": "pt_inception-2015-12-05-6726825d.pth",
+    "val": "/path/to/imagenet/val",
+}
+
+
+def paper_config(**changes) -> StudyConfig:
+    """The paper-scale study; ``changes`` (e.g. ``seeds``, ``steps``, ``out``) override :data:`PAPER`."""
+    return StudyConfig(**{**PAPER, **{k: v for k, v in changes.items() if v is not None}})
+
+
+def paper_commands(cfg: StudyConfig, *, gpus: int = 8) -> list[str]:
+    """Shell lines that train, sample, evaluate and analyse every run of ``cfg`` on ImageNet, then report."""
+    import shlex
+
+    plan = build_plan(cfg)
+    out = Path(cfg.out)
+    f = PAPER_FILES
+    lines = [f"# repae study --budget paper: {len(plan.runs)} runs of {cfg.steps} steps x {cfg.batch_size} images "
+             f"({cfg.preset} + {' '.join(cfg.overrides) or 'no overrides'}); supply {f['reference']}, "
+             f"{f['inception']}, the ImageNet folders and the weights named in the preset",
+             "# run order matters only for dropin-* (they need the exported e2e-vae of repa-e-s<seed>)"]
+    for r in plan.runs:
+        run_dir = r.run_dir(out)
+        step = f"step-{cfg.steps:07d}"
+        if r.recipe not in ("repa", "vanilla"):  # the run trains its VAE: `repae train` exported it
+            tokenizer = run_dir / "e2e-vae"
+        else:  # frozen: the initial tokenizer, or the E2E-VAE it was given
+            tokenizer = out / "runs" / r.depends_on / "e2e-vae" if r.depends_on else Path(cfg.tokenizer)
+        lines += [
+            f"# {r.name}: {r.label} (tables: {', '.join(r.tables)})",
+            f"torchrun --nproc_per_node {gpus} -m repae.cli train --config {cfg.preset} "
+            + " ".join(shlex.quote(o) for o in r.overrides),
+            f"torchrun --nproc_per_node {gpus} -m repae.cli sample --checkpoint {run_dir} --num-samples "
+            f"{cfg.eval_samples} --out-npz {out / 'samples' / r.name}.npz",
+            f"repae evaluate --samples {out / 'samples' / r.name}.npz --reference {f['reference']} "
+            f"--inception-weights {f['inception']} --out {run_dir / 'eval' / step}.json",
+            f"repae evaluate --recon {tokenizer} --data {f['val']} --inception-weights {f['inception']} "
+            f"--num-samples {cfg.eval_samples} --out {run_dir / 'eval' / 'recon.json'}",
+            f"repae analyze {run_dir} --checkpoints latest --data {f['val']} --num-images {cfg.analysis_images}",
+        ]
+    lines += [f"# FD vs step: repeat sample + evaluate for each {out}/runs/NAME/checkpoints/step-* "
+              f"(writing eval/step-XXXXXXX.json), then:",
+              f"repae study --budget paper --report-only --out {out}"]
+    return lines

@@ -1,0 +1,222 @@
+"""Execute a study plan resumably: each run is a ``repae`` run folder ``<out>/runs/<name>``.
+
+* A finished run (``study/done.json``) is skipped; an interrupted one resumes from its latest
+  checkpoint (the trainer's own resume: checkpoints every ``eval_every`` steps), so a killed study
+  continues where it stopped when the same command is given again.
+* Independent runs can be launched in parallel processes: ``--only NAME[,NAME]`` or ``--shard i/n``
+  (:meth:`repae.study.plan.Plan.select`; a drop-in run lands in the shard of the repa-e run whose
+  E2E-VAE it uses). Two processes never train one run folder (the trainer's run lock).
+* Before each run one progress line names it, with the study's ETA; after it one line gives its
+  time, FD and the remaining ETA (the cost model of :mod:`repae.study.plan`, rescaled by the
+  measured/predicted ratio of the runs this process has finished).
+* Each invocation ends by writing the report of everything finished so far
+  (:func:`repae.study.report.write_report`).
+
+A run's folder records the fingerprint of the settings it was made with (``study/run.json``); the
+same ``--out`` with other settings is an error naming the fix, never a silent mix.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from repae.errors import ConfigError
+from repae.study.measure import FDCurveHook, StudyEvaluator, evaluate_run, read_json
+from repae.study.plan import KINDS, Plan, RunSpec, StudyConfig, build_plan, estimate_seconds
+from repae.utils.io import write_json
+
+
+def is_done(spec: RunSpec, cfg: StudyConfig) -> bool:
+    done = read_json(spec.run_dir(cfg.out) / "study" / "done.json")
+    return isinstance(done, dict) and done.get("fingerprint") == spec.fingerprint(cfg)
+
+
+def check_fingerprint(spec: RunSpec, cfg: StudyConfig) -> None:
+    """A run folder made with other settings is an error (one line naming the fix)."""
+    marker = read_json(spec.run_dir(cfg.out) / "study" / "run.json")
+    if isinstance(marker, dict) and marker.get("fingerprint") != spec.fingerprint(cfg):
+        old = marker.get("settings", {})
+        new = _run_settings(spec, cfg)
+        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise ConfigError(f"{spec.run_dir(cfg.out)} was made with other settings ({'; '.join(diff[:3]) or 'changed'}): "
+                          f"pass another --out or delete that run folder")
+
+
+def _run_settings(spec: RunSpec, cfg: StudyConfig) -> dict:
+    d = {"preset": cfg.preset, **{f"eval.{k}": v for k, v in cfg.settings().items() if k != "overrides"}}
+    for o in spec.overrides:
+        key, _, value = o.partition("=")
+        if key not in ("train.output_dir", "train.threads"):
+            d[key] = value
+    return d
+
+
+def check_tokenizer(cfg: StudyConfig, plan: Plan) -> None:
+    """The "VAE init." tokenizer exists (one line naming the fix otherwise), before anything is trained."""
+    from repae.tokenizer.registry import SHIPPED_TOKENIZERS, resolve_tokenizer_weights
+
+    if not any(KINDS[r.kind].tokenizer == "init" for r in plan.runs):
+        return
+    if cfg.tokenizer in SHIPPED_TOKENIZERS:
+        from repae.errors import MissingWeightsError
+
+        try:
+            resolve_tokenizer_weights(cfg.tokenizer)
+        except MissingWeightsError as err:
+            raise ConfigError(f"{err}; or pass --tokenizer FOLDER (a tokenizer saved by export-vae / "
+                              "save_pretrained)") from None
+    elif not Path(cfg.tokenizer).exists():
+        raise ConfigError(f"--tokenizer {cfg.tokenizer!r} does not exist: pass a tokenizer folder (export-vae / "
+                          f"save_pretrained), a VAE weights file, or a shipped name ({', '.join(SHIPPED_TOKENIZERS)})")
+
+
+class Progress:
+    """One line before and after every run, with the study's ETA."""
+
+    def __init__(self, runs: list[RunSpec], cfg: StudyConfig, log: Callable[[str], None]):
+        self.cfg, self.log = cfg, log
+        self.runs = runs
+        self.predicted = {r.name: estimate_seconds(r, cfg)["total"] for r in runs}
+        self.measured: list[tuple[float, float]] = []  # (predicted, actual) of runs done in this process
+        self.pending = [r.name for r in runs]
+        self.t0 = time.perf_counter()
+
+    def _scale(self) -> float:
+        if not self.measured:
+            return 1.0
+        return sum(a for _, a in self.measured) / max(sum(p for p, _ in self.measured), 1e-9)
+
+    def eta_minutes(self) -> float:
+        return self._scale() * sum(self.predicted[n] for n in self.pending) / 60
+
+    def _prefix(self, spec: RunSpec) -> str:
+        i = [r.name for r in self.runs].index(spec.name) + 1
+        return f"study [{i}/{len(self.runs)}] {spec.name}"
+
+    def _basis(self) -> str:
+        return "measured" if self.measured else "estimated"
+
+    def start(self, spec: RunSpec) -> None:
+        elapsed = (time.perf_counter() - self.t0) / 60
+        self.log(f"{self._prefix(spec)} ({spec.recipe}, seed {spec.seed}, {self.cfg.steps} steps x "
+                 f"{self.cfg.batch_size}): start | elapsed {elapsed:.1f} min, study ETA {self.eta_minutes():.1f} min "
+                 f"({self._basis()})")
+
+    def finish(self, spec: RunSpec, seconds: float, result: dict | None) -> None:
+        self.pending.remove(spec.name)
+        self.measured.append((self.predicted[spec.name], seconds))
+        fd = (result or {}).get("fid")
+        acc = (result or {}).get("class_accuracy")
+        numbers = (f"FD {fd:.2f}" if isinstance(fd, (int, float)) else "FD n/a") + (
+            f", class acc {acc:.3f}" if isinstance(acc, (int, float)) else "")
+        self.log(f"{self._prefix(spec)}: done in {seconds / 60:.1f} min ({numbers}) | {len(self.pending)} runs left, "
+                 f"ETA {self.eta_minutes():.1f} min ({self._basis()})")
+
+    def skip(self, spec: RunSpec, why: str) -> None:
+        self.pending.remove(spec.name)
+        self.log(f"{self._prefix(spec)}: {why}")
+
+
+def _export(run_dir: Path) -> None:
+    from repae.training.export import export_vae
+
+    target = run_dir / "e2e-vae"
+    tmp = run_dir / "e2e-vae.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_vae(run_dir, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def run_one(spec: RunSpec, cfg: StudyConfig, evaluator: StudyEvaluator) -> dict:
+    """Train (or resume) one run, export its VAE if it trains one, evaluate it, mark it done."""
+    from repae.config import load_config
+    from repae.training.trainer import Trainer
+
+    run_dir = spec.run_dir(cfg.out)
+    check_fingerprint(spec, cfg)
+    (run_dir / "study").mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "study" / "run.json", {"fingerprint": spec.fingerprint(cfg), "name": spec.name,
+                                                "kind": spec.kind, "settings": _run_settings(spec, cfg),
+                                                "overrides": list(spec.overrides)})
+    run_cfg = load_config(cfg.preset, list(spec.overrides))
+    t0 = time.perf_counter()
+    hook = FDCurveHook(evaluator, every=cfg.eval_every, num_samples=cfg.curve_n,
+                       path=run_dir / "study" / "fd_curve.json")
+    trainer = Trainer(run_cfg, hooks=[hook])
+    trainer.fit()
+    train_vae = trainer.recipe.train_vae
+    del trainer
+    if train_vae and _stale(run_dir):
+        _export(run_dir)
+    t1 = time.perf_counter()
+    result = evaluate_run(run_dir, evaluator)
+    t2 = time.perf_counter()
+    write_json(run_dir / "study" / "done.json", {  # written last: the run's "finished" marker
+        "fingerprint": spec.fingerprint(cfg), "name": spec.name, "step": result.get("step") if result else None,
+        "train_seconds": round(t1 - t0, 1),  # this process's share when the run was resumed
+        "eval_seconds": round(t2 - t1, 1),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    })
+    result = result or {}
+    result.update(train_seconds=round(t1 - t0, 1), eval_seconds=round(t2 - t1, 1))
+    return result
+
+
+def _stale(run_dir: Path) -> bool:
+    """No exported E2E-VAE yet, or one older than the latest checkpoint (a run continued after an export)."""
+    from repae.training.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    cfg_file = run_dir / "e2e-vae" / "config.json"
+    return ckpt is not None and (not cfg_file.is_file() or cfg_file.stat().st_mtime < ckpt.stat().st_mtime)
+
+
+def run_study(cfg: StudyConfig, *, only: list[str] | None = None, shard: tuple[int, int] | None = None,
+              report: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run (the selected part of) the study, then write its report. Returns ``{"ran", "skipped", "waiting",
+    "report"}`` (run names and report paths)."""
+    plan = build_plan(cfg)
+    selected = plan.select(only, shard)
+    names = {r.name for r in selected}
+    if only:
+        for r in selected:
+            if r.depends_on and r.depends_on not in names and not is_done(plan.get(r.depends_on), cfg):
+                raise ConfigError(f"{r.name} trains on the E2E-VAE of {r.depends_on}, which is not finished: "
+                                  f"run it first (--only {r.depends_on}) or together (--only {r.depends_on},{r.name})")
+    check_tokenizer(cfg, plan)
+    for r in selected:  # fail on a mixed-up --out before hours of training, not in the middle
+        check_fingerprint(r, cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    evaluator = StudyEvaluator(cfg, device)
+    progress = Progress(selected, cfg, log)
+    ran, skipped, waiting = [], [], []
+    for spec in selected:
+        if is_done(spec, cfg):
+            progress.skip(spec, "finished earlier, skipped")
+            skipped.append(spec.name)
+            continue
+        if spec.depends_on and not is_done(plan.get(spec.depends_on), cfg):
+            progress.skip(spec, f"waiting for {spec.depends_on} (its E2E-VAE); rerun when it has finished")
+            waiting.append(spec.name)
+            continue
+        progress.start(spec)
+        t0 = time.perf_counter()
+        result = run_one(spec, cfg, evaluator)
+        progress.finish(spec, time.perf_counter() - t0, result)
+        ran.append(spec.name)
+    paths = {}
+    if report:
+        from repae.study.report import write_report
+
+        paths = write_report(plan)
+        log(f"study: report -> {paths['html']} ({paths['md'].name}, {paths['json'].name})")
+    return {"ran": ran, "skipped": skipped, "waiting": waiting, "report": paths}

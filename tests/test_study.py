@@ -1,0 +1,214 @@
+"""`repae study`: the plan, the claim-marking rule, a resumable miniature study and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from repae.cli import main
+from repae.errors import ConfigError
+from repae.study.claims import CLAIMS, FAILS, HOLDS, INCONCLUSIVE, MARKS, evaluate_claims, mark, pooled_sd
+from repae.study.plan import KINDS, StudyConfig, build_plan, estimate_seconds, paper_commands, paper_config, parse_shard
+
+TINY = ["model.preset=SiT-T/1", "model.encoder_depth=2", "tokenizer.stats_images=32", "train.log_every=1",
+        "sample.num_images=4", "sample.num_steps=2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim marking on synthetic per-seed results
+# ---------------------------------------------------------------------------------------------
+
+
+def test_clear_win_holds():
+    v = mark([10.0, 10.5], [20.0, 21.0], better="lower")
+    assert v.mark == HOLDS and v.gain == pytest.approx(10.25) and v.margin < v.gain
+
+
+def test_clear_loss_does_not_hold():
+    assert mark([20.0, 21.0], [10.0, 10.5], better="lower").mark == FAILS
+    assert mark([0.1, 0.12], [0.5, 0.55], better="higher").mark == FAILS
+
+
+def test_overlap_within_seed_spread_is_inconclusive():
+    v = mark([10.0, 14.0], [12.0, 15.0], better="lower")
+    assert v.mark == INCONCLUSIVE and "within seed noise" in v.reason
+    # the same means with tight seeds are decided
+    assert mark([11.9, 12.1], [13.4, 13.6], better="lower").mark == HOLDS
+
+
+def test_single_seed_borrows_the_pooled_spread():
+    assert mark([5.0], [10.0, 10.2], better="lower", pooled=1.0).mark == HOLDS
+    assert mark([9.5], [10.0, 10.2], better="lower", pooled=1.0).mark == INCONCLUSIVE
+    v = mark([5.0], [10.0], better="lower", pooled=None)
+    assert v.mark == INCONCLUSIVE and "no seed spread" in v.reason
+
+
+def test_missing_rows_and_nonfinite_values_are_inconclusive():
+    assert mark([], [1.0, 2.0]).mark == INCONCLUSIVE
+    assert mark([float("nan")], [1.0, 2.0]).mark == INCONCLUSIVE
+    with pytest.raises(ValueError):
+        mark([1.0], [2.0], better="bigger")
+
+
+def test_pooled_spread_ignores_single_seeds_and_deterministic_rows():
+    assert pooled_sd([[1.0, 3.0], [5.0], [7.0, 7.0]]) == pytest.approx(2 ** 0.5)
+    assert pooled_sd([[1.0], [2.0, 2.0]]) is None
+
+
+def test_evaluate_claims_uses_only_the_numbers():
+    values = {"fid": {"repa-e": [10.0, 10.4], "repa": [20.0, 20.6], "no-lreg": [10.3]}}
+    by_id = {v.claim.id: v for v in evaluate_claims(values)}
+    assert set(by_id) == {c.id for c in CLAIMS}
+    assert by_id["repae-beats-repa"].mark == HOLDS
+    assert by_id["lreg-needed"].mark == INCONCLUSIVE  # 10.3 vs 10.2 with the pooled spread
+    assert by_id["stopgrad-needed"].mark == INCONCLUSIVE and "no finished run" in by_id["stopgrad-needed"].reason
+    assert all(v.mark in MARKS for v in by_id.values())
+    json.dumps([v.to_dict() for v in by_id.values()])  # results.json-ready
+    for c in CLAIMS:
+        assert c.a in KINDS and c.b in KINDS and c.better in ("lower", "higher")
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------
+
+
+def test_default_plan_fits_the_budget_with_two_seeds():
+    cfg = StudyConfig()
+    plan = build_plan(cfg)
+    kinds = plan.by_kind()
+    assert set(kinds) == set(KINDS)
+    for k in ("repa-e", "repa", "vanilla", "dropin-repa", "dropin-vanilla"):
+        assert len(kinds[k]) >= 2, k
+    total = sum(estimate_seconds(r, cfg)["total"] for r in plan.runs)
+    assert total < 90 * 60
+    names = plan.names()
+    for r in plan.runs:  # same steps, batch and preset everywhere; drop-ins after their repa-e run
+        assert f"train.max_steps={cfg.steps}" in r.overrides and f"train.batch_size={cfg.batch_size}" in r.overrides
+        if r.depends_on:
+            assert names.index(r.depends_on) < names.index(r.name)
+            assert any(o.endswith(f"{r.depends_on}/e2e-vae") for o in r.overrides)
+    shards = plan.shards(2)
+    assert sorted(sum(shards, [])) == sorted(names)
+    for s in shards:
+        for n in s:
+            dep = plan.get(n).depends_on
+            assert dep is None or dep in s
+    assert plan.select(shard=(2, 2)) == [plan.get(n) for n in shards[1]]
+
+
+def test_bad_study_values_are_one_line():
+    with pytest.raises(ConfigError, match="no run named 'nope'"):
+        build_plan(StudyConfig()).select(["nope"])
+    with pytest.raises(ConfigError, match="positive integer"):
+        build_plan(StudyConfig(steps=0))
+    with pytest.raises(ConfigError, match="drop-in rows need the repa-e row"):
+        build_plan(StudyConfig(kinds=("repa", "dropin-repa")))
+    for text in ("2", "0/2", "a/b"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(text)
+
+
+def test_paper_commands_cover_every_run():
+    cfg = paper_config()
+    lines = paper_commands(cfg)
+    text = "\n".join(lines)
+    for r in build_plan(cfg).runs:
+        assert f"train.exp_name={r.name}" in text
+    assert "tokenizer.weights=study-imagenet/runs/repa-e-s0/e2e-vae" in text
+    assert "--inception-weights" in text and "torchrun --nproc_per_node 8 -m repae.cli train" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# A 2-step miniature study (two recipes, tiny shapes): runs, reports, resumes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from repae.tokenizer.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tok") / "vae-init"
+    Tokenizer.from_preset("tiny-f4d4").save_pretrained(d)
+    return d
+
+
+def tiny_config(out, tokenizer_dir, **changes) -> StudyConfig:
+    base = dict(out=str(out), seeds=1, steps=2, batch_size=8, tokenizer=str(tokenizer_dir), overrides=tuple(TINY),
+                kinds=("repa", "repa-e"), eval_every=1, curve_samples=8, eval_samples=16, sample_steps=2,
+                reference="embedded:test", analysis_images=16, threads=1)
+    return StudyConfig(**{**base, **changes})
+
+
+def test_miniature_study_runs_reports_and_resumes(tmp_path, tokenizer_dir):
+    from repae.study.run import run_study
+
+    lines: list[str] = []
+    cfg = tiny_config(tmp_path / "study", tokenizer_dir)
+    first = run_study(cfg, only=["repa-s0"], log=lines.append)  # a "killed" study: one run finished
+    assert first["ran"] == ["repa-s0"]
+    assert any(line.startswith("study [1/1] repa-s0") and "ETA" in line for line in lines)
+    second = run_study(cfg, log=lines.append)
+    assert second["skipped"] == ["repa-s0"] and second["ran"] == ["repa-e-s0"]
+    out = tmp_path / "study"
+    for name in ("report.html", "report.md", "results.json"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    run = res["runs"]["repa-e-s0"]
+    for key in ("fid", "sfid", "inception_score", "precision", "recall", "class_accuracy", "rfid", "psnr",
+                "latent_sv", "latent_tv", "cknna"):
+        assert isinstance(run[key], (int, float)), key
+    assert [p[0] for p in run["fd_curve"]] == [1, 2]
+    assert (out / "runs" / "repa-e-s0" / "e2e-vae" / "config.json").is_file()
+    assert {c["mark"] for c in res["claims"]} <= set(MARKS)
+    assert {c["claim"]["id"] for c in res["claims"]} == {"repae-beats-repa", "repae-raises-cknna", "e2e-vae-rfid"}
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Component ablation" in page
+    md = (out / "report.md").read_text()
+    assert "| REPA-E (VAE init.) |" in md and "figures/fd_vs_step.png" in md and (out / "figures" / "pca.png").is_file()
+
+    third = run_study(cfg, log=lines.append)  # everything finished: nothing is trained again
+    assert third["ran"] == [] and third["skipped"] == ["repa-s0", "repa-e-s0"]
+    (out / "runs" / "repa-s0" / "study" / "done.json").unlink()  # killed between training and evaluation
+    fourth = run_study(cfg, log=lines.append, report=False)
+    assert fourth["ran"] == ["repa-s0"]
+    with pytest.raises(ConfigError, match="other settings"):  # the same folder with other settings
+        run_study(tiny_config(out, tokenizer_dir, steps=3), log=lines.append)
+
+
+def test_dropin_without_its_e2e_vae_is_one_line(tmp_path, tokenizer_dir):
+    from repae.study.run import run_study
+
+    cfg = tiny_config(tmp_path / "study", tokenizer_dir, kinds=("repa-e", "dropin-repa"))
+    with pytest.raises(ConfigError, match=r"run it first \(--only repa-e-s0\)"):
+        run_study(cfg, only=["dropin-repa-s0"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_study(tiny_config(tmp_path / "s2", tmp_path / "missing-tokenizer"), only=["repa-s0"])
+    assert not (tmp_path / "study" / "runs").exists()  # nothing was started
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_paper_dry_run_prints_commands(capsys):
+    assert main(["study", "--budget", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "torchrun --nproc_per_node 8 -m repae.cli train --config imagenet-repae-sit-xl2" in out
+    assert "repae study --budget paper --report-only" in out
+
+
+def test_cli_small_dry_run_prints_plan_and_estimate(capsys):
+    assert main(["study", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "15 runs" in out and "estimated time" in out and "repa-e-s1" in out
+
+
+def test_cli_bad_only_is_one_line(capsys):
+    assert main(["study", "--only", "repa-e-s9", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no run named 'repa-e-s9'" in err and "repa-e-s0" in err
