@@ -46,6 +46,18 @@ from repae.utils.io import write_json
 log = logging.getLogger("repae.train")
 
 
+class _MetricSum:
+    """Metrics of a step, averaged over its micro-batches, kept on the device until the guard reads them."""
+
+    def __init__(self, accum: int):
+        self.accum = accum
+        self.metrics: dict[str, torch.Tensor] = {}
+
+    def add(self, out) -> None:
+        for k, v in out.metrics.items():
+            self.metrics[k] = self.metrics.get(k, 0.0) + v.float() / self.accum
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, *, engine=None, random_encoders: bool = False, dataset=None,
                  hooks: list | None = None):
@@ -73,12 +85,20 @@ class Trainer:
     # --- construction --------------------------------------------------------------------------
 
     def _build(self) -> None:
+        """Build everything in a fixed order (the RNG draws of initialisation depend on it)."""
+        torch.manual_seed(self.cfg.train.seed)  # model initialisation is identical on every rank
+        self._build_models()
+        self._build_objective_and_data()
+        self._build_losses()
+        self._build_engine_parts()
+
+    def _build_models(self) -> None:
+        """Alignment encoders, tokenizer (weights + statistics) and the generator."""
         cfg, recipe, dev = self.cfg, self.recipe, self.engine.device
-        torch.manual_seed(cfg.train.seed)  # model initialisation is identical on every rank
         aligns = recipe.sit_align or recipe.vae_align
         self.encoders = build_encoders(cfg, dev, random_init=self._random_encoders) if aligns else []
         self.z_dims = encoder_dims(cfg) if self.encoders else ()
-        self.tokenizer, has_stats = build_tokenizer(cfg, recipe)
+        self.tokenizer, self._has_stats = build_tokenizer(cfg, recipe)
         self.tokenizer.to(dev)
         self.sit = build_sit_for(cfg, self.tokenizer, z_dims=self.z_dims).to(dev) if recipe.build_sit else None
         if self.sit is not None and (note := init_generator_weights(cfg, self.sit)):
@@ -87,6 +107,9 @@ class Trainer:
             check_token_counts(cfg, self.sit, self.encoders)
         self.latent_shape = self.tokenizer.latent_shape(cfg.data.resolution)
 
+    def _build_objective_and_data(self) -> None:
+        """The generator's objective, the training dataset and (without statistics) the normaliser init."""
+        cfg, recipe = self.cfg, self.recipe
         from repae.data import build_dataset
         from repae.diffusion.gaussian import DDPMObjective
         from repae.diffusion.objective import FlowMatching
@@ -110,9 +133,12 @@ class Trainer:
                     f"cached latents have shape {self.dataset.meta['latent_shape']} but the tokenizer gives "
                     f"{list(self.latent_shape)}: cache with the same VAE and resolution"
                 )
-        if not has_stats:
+        if not self._has_stats:
             self._init_normalizer_from_data()
 
+    def _build_losses(self) -> None:
+        """L_REG (+ discriminator), the tokenizer regularisers and the VF foundation model."""
+        cfg, recipe, dev = self.cfg, self.recipe, self.engine.device
         self.lreg = None
         if recipe.l_reg:
             from repae.losses.regularization import VAERegularizationLoss
@@ -137,6 +163,9 @@ class Trainer:
         elif cfg.train.vae_checkpointing:
             self.tokenizer.vae.enable_gradient_checkpointing()  # diffusers: per-block recomputation
 
+    def _build_engine_parts(self) -> None:
+        """EMA, DDP wrappers, compile, optimizers, the non-finite guard and the phase context."""
+        cfg, recipe = self.cfg, self.recipe
         self.aligned = phases.AlignedSiT(self.sit) if self.sit is not None else None
         # the EMA follows the SiT; in the tokenizer-only recipe the VAE (tokreg.ema) or nothing
         # (only the normaliser statistics, which export-vae reads)
@@ -236,18 +265,42 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, moments: torch.Tensor | None = None
                    ) -> dict[str, float]:
         """One optimisation step on this rank's part of the global batch (uint8 images, labels and,
-        for the `ldm` recipe, cached posterior moments [b, 2C, h, w])."""
-        cfg, recipe, eng = self.cfg, self.recipe, self.engine
+        for the `ldm` recipe, cached posterior moments [b, 2C, h, w]).
+
+        The routing of each recipe (spec 1.3, paper Table 6) is one of three step shapes: REPA-E's
+        stop-gradient order, the joint backward of the no-stop-gradient ablations, or the frozen VAE.
+        Gradients of every phase are computed first; the guard then steps all optimizers and the EMA
+        after one device-to-host read, or skips the step if anything is non-finite.
+        """
+        self.guard.begin()  # snapshot the statistics a forward updates (restored if the step is skipped)
+        micro = self._micro_batches(images, labels, moments)
+        acc = _MetricSum(self.cfg.train.grad_accum)
+        self.tokenizer.train()
+        if self.sit is not None:
+            self.sit.train()
+        if self.recipe.train_vae and self.recipe.stop_grad:
+            self._step_stop_grad(micro, acc)
+        elif self.recipe.train_vae:
+            self._step_joint(micro, acc)
+        else:
+            self._step_frozen_vae(micro, acc)
+        values = self.guard.apply(acc.metrics)  # one device->host read; optimizer + EMA steps, or a skip
+        self.step += 1
+        return values
+
+    def _micro_batches(self, images, labels, moments) -> list[tuple]:
+        """Per micro-batch: (images, labels, encoder targets, StepRandomness, moments) on the device."""
+        cfg, eng = self.cfg, self.engine
         accum = cfg.train.grad_accum
         local = images.shape[0] // accum
         global_micro = cfg.train.batch_size // accum
         rows = slice(eng.rank * local, (eng.rank + 1) * local)
-        self.guard.begin()  # snapshot the statistics a forward updates (restored if the step is skipped)
         micro = []
         for m in range(accum):
-            imgs = images[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
-            ys = labels[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
-            mom = None if moments is None else moments[m * local:(m + 1) * local].to(eng.device, non_blocking=True)
+            part = slice(m * local, (m + 1) * local)
+            imgs = images[part].to(eng.device, non_blocking=True)  # [b, 3, H, W] uint8
+            ys = labels[part].to(eng.device, non_blocking=True)  # [b]
+            mom = None if moments is None else moments[part].to(eng.device, non_blocking=True)
             gen = step_generator(cfg.train.seed, self.step, m)
             rnd = phases.StepRandomness.draw(
                 generator=gen, global_batch=global_micro, rows=rows,
@@ -259,78 +312,71 @@ class Trainer:
                                               latent_channels=self.latent_shape[0], device=eng.device)
             with torch.no_grad(), eng.autocast():
                 targets = normalize_targets([enc(imgs).float() for enc in self.encoders],
-                                            self.cfg.align.target_norm)  # each [b, N, D_enc]
+                                            cfg.align.target_norm)  # each [b, N, D_enc]
             micro.append((imgs, ys, targets, rnd, mom))
+        return micro
 
-        metrics: dict[str, torch.Tensor] = {}
+    def _sit_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.sit.parameters() if p.requires_grad] if self.sit is not None else []
 
-        def add(out):
-            for k, v in out.metrics.items():
-                metrics[k] = metrics.get(k, 0.0) + v.float() / accum
+    def _step_stop_grad(self, micro: list[tuple], acc: _MetricSum) -> None:
+        """REPA-E order (spec 1.3): VAE -> discriminator -> SiT on ``z.detach()``, one VAE forward."""
+        eng = self.engine
+        stash = []
+        for imgs, ys, targets, rnd, _ in micro:
+            with eng.autocast():
+                out = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
+            self._backward(out.loss)
+            acc.add(out)
+            stash.append((out.z.detach(), None if out.recon is None else out.recon.detach(), out.target.detach()))
+        acc.metrics["grad_norm_vae"] = self._clip_step("opt_vae", self._vae_params())
+        self._discriminator_step(micro, [(recon, target) for _, recon, target in stash], acc)
+        if self.sit is None:  # tokenizer only (`vae`): the normaliser tracks the latent statistics
+            with torch.no_grad():
+                for z, *_ in stash:
+                    self.tokenizer.normalizer.normalize(z, update=self.recipe.update_normalizer)
+            return
+        for (imgs, ys, targets, rnd, _), (z, *_) in zip(micro, stash):
+            with eng.autocast():
+                out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
+            self._backward(out.loss)
+            acc.add(out)
+        acc.metrics["grad_norm_sit"] = self._clip_step("opt_sit", self._sit_params())
 
-        vae_params = self._vae_params()
-        sit_params = [p for p in self.sit.parameters() if p.requires_grad] if self.sit is not None else []
-        self.tokenizer.train()
-        if self.sit is not None:
-            self.sit.train()
-        if recipe.train_vae and recipe.stop_grad:
-            # REPA-E order (spec 1.3): VAE step -> discriminator step -> SiT step, one VAE forward.
-            stash = []
-            for imgs, ys, targets, rnd, _ in micro:
-                with eng.autocast():
-                    out = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
-                self._backward(out.loss)
-                add(out)
-                stash.append((out.z.detach(), None if out.recon is None else out.recon.detach(), out.target.detach()))
-            metrics["grad_norm_vae"] = self._clip_step("opt_vae", vae_params)
-            if self.lreg is not None:
-                for (imgs, *_), (_, recon, target) in zip(micro, stash):
-                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step, target=target)
-                    self._backward(out.loss)
-                    add(out)
-                metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
-            if self.sit is None:  # tokenizer only (`vae`): the normaliser tracks the latent statistics
-                with torch.no_grad():
-                    for z, *_ in stash:
-                        self.tokenizer.normalizer.normalize(z, update=recipe.update_normalizer)
-            else:
-                for (imgs, ys, targets, rnd, _), (z, *_) in zip(micro, stash):
-                    with eng.autocast():
-                        out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
-                    self._backward(out.loss)
-                    add(out)
-                metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
-        elif recipe.train_vae:
-            # No stop-gradient (naive end-to-end / ablation): one backward through both losses.
-            recons = []
-            for imgs, ys, targets, rnd, _ in micro:
-                with eng.autocast():
-                    vout = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
-                    sout = phases.sit_phase(self.ctx, vout.z, ys, targets, rnd)
-                self._backward(vout.loss + sout.loss)
-                add(vout)
-                add(sout)
-                recons.append((vout.recon.detach(), vout.target.detach()))
-            metrics["grad_norm_vae"] = self._clip_step("opt_vae", vae_params)
-            metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
-            if self.lreg is not None:
-                for (imgs, *_), (recon, target) in zip(micro, recons):
-                    out = phases.discriminator_phase(self.ctx, imgs, recon, self.step, target=target)
-                    self._backward(out.loss)
-                    add(out)
-                metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
-        else:
-            # Frozen VAE (REPA / vanilla / LDM): only the SiT learns.
-            for imgs, ys, targets, rnd, mom in micro:
-                z = phases.encode_frozen(self.ctx, imgs, rnd, moments=mom)
-                with eng.autocast():
-                    out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
-                self._backward(out.loss)
-                add(out)
-            metrics["grad_norm_sit"] = self._clip_step("opt_sit", sit_params)
-        values = self.guard.apply(metrics)  # one device->host read; optimizer + EMA steps, or a skip
-        self.step += 1
-        return values
+    def _step_joint(self, micro: list[tuple], acc: _MetricSum) -> None:
+        """No stop-gradient (naive end-to-end and its ablation): one backward through both losses."""
+        recons = []
+        for imgs, ys, targets, rnd, _ in micro:
+            with self.engine.autocast():
+                vout = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
+                sout = phases.sit_phase(self.ctx, vout.z, ys, targets, rnd)
+            self._backward(vout.loss + sout.loss)
+            acc.add(vout)
+            acc.add(sout)
+            recons.append((vout.recon.detach(), vout.target.detach()))
+        acc.metrics["grad_norm_vae"] = self._clip_step("opt_vae", self._vae_params())
+        acc.metrics["grad_norm_sit"] = self._clip_step("opt_sit", self._sit_params())
+        self._discriminator_step(micro, recons, acc)
+
+    def _step_frozen_vae(self, micro: list[tuple], acc: _MetricSum) -> None:
+        """Frozen VAE (REPA / vanilla / LDM): only the generator learns."""
+        for imgs, ys, targets, rnd, mom in micro:
+            z = phases.encode_frozen(self.ctx, imgs, rnd, moments=mom)
+            with self.engine.autocast():
+                out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
+            self._backward(out.loss)
+            acc.add(out)
+        acc.metrics["grad_norm_sit"] = self._clip_step("opt_sit", self._sit_params())
+
+    def _discriminator_step(self, micro: list[tuple], recons: list[tuple], acc: _MetricSum) -> None:
+        """Hinge loss on the detached (reconstruction, target) pairs of this step's VAE forward."""
+        if self.lreg is None:
+            return
+        for (imgs, *_), (recon, target) in zip(micro, recons):
+            out = phases.discriminator_phase(self.ctx, imgs, recon, self.step, target=target)
+            self._backward(out.loss)
+            acc.add(out)
+        acc.metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
 
     # --- state -----------------------------------------------------------------------------------
 
