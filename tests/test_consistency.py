@@ -356,3 +356,17 @@ def test_trainer_does_not_import_sampling_or_cli():
     """The layering contract (pyproject [tool.importlinter], run by CI) in one line for the trainer."""
     src = (SRC / "training" / "trainer.py").read_text()
     assert "repae.sampling" not in src and "repae.cli" not in src
+
+
+def test_presets_extend_and_every_preset_loads(tmp_path):
+    from repae.config import available_presets
+
+    for name in available_presets():
+        load_config(name)
+    cfg = load_config("tiny-fmnist-vae-init")
+    base = load_config("tiny-fmnist")
+    assert cfg.tokenizer.weights == "repae-vae-fmnist" and cfg.optim == base.optim and cfg.model == base.model
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="extends it back"):
+        load_config(str(tmp_path / "a.yaml"))

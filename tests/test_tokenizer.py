@@ -243,3 +243,25 @@ def test_full_size_presets_encode_decode_256(name):
     with torch.no_grad():
         out = tok(torch.zeros(1, 3, 256, 256))
     assert tuple(out.z.shape[1:]) == tok.latent_shape(256) and out.recon.shape == (1, 3, 256, 256)
+
+
+def test_shipped_starting_tokenizer_loads_by_name(tmp_path):
+    """`tokenizer.weights=repae-vae-fmnist` is a registry name (issue 10): no skip if the asset is missing."""
+    import json as _json
+
+    from repae.config import load_config
+    from repae.tokenizer.registry import SHIPPED_TOKENIZERS, resolve_tokenizer_weights
+    from repae.training.builders import build_tokenizer
+    from repae.training.recipes import get_recipe
+
+    folder = resolve_tokenizer_weights("repae-vae-fmnist")
+    record = _json.loads((folder / "record.json").read_text())
+    assert record["seed"] == 0 and record["loss_curve"] and record["commands"]
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 8e6  # a few MB
+    cfg = load_config("tiny-fmnist", [f"train.output_dir={tmp_path}", "tokenizer.weights=repae-vae-fmnist"])
+    tok, has_stats = build_tokenizer(cfg, get_recipe("repa-e"))
+    assert has_stats and tok.latent_shape(32) == (4, 8, 8)
+    assert SHIPPED_TOKENIZERS["repae-vae-fmnist"][1] == "tiny-f4d4"
+    x = torch.zeros(2, 3, 32, 32)
+    with torch.no_grad():
+        assert tok.decode(tok.encode(x).mode()).shape == x.shape

@@ -361,13 +361,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, yaml_load(value) if value.strip() else None
 
 
+def _load_preset(preset: str, cfg: RunConfig, *, seen: tuple[str, ...]) -> RunConfig:
+    """A preset file on top of ``cfg``; ``extends: OTHER`` applies OTHER first (presets as small diffs)."""
+    path = _preset_path(preset)
+    raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml_load(path.read_text())
+    raw = dict(raw or {})
+    base = raw.pop("extends", None)
+    if base is not None:
+        if base in seen or base == preset:
+            raise ConfigError(f"preset '{preset}' extends '{base}', which extends it back: break the cycle")
+        cfg = _load_preset(str(base), cfg, seen=(*seen, preset))
+    return from_dict(raw, cfg)
+
+
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Resolve a preset (name or YAML path; None = the embedded default) plus dotted overrides."""
     cfg = RunConfig()
     if preset is not None:
-        path = _preset_path(preset)
-        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml_load(path.read_text())
-        cfg = from_dict(raw, cfg)
+        cfg = _load_preset(preset, cfg, seen=())
     for text in overrides or []:
         (section, key), value = parse_override(text)
         cfg = from_dict({section: {key: value}}, cfg)

@@ -35,6 +35,19 @@ def build_model(name: str, **kwargs) -> SiT:
     raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_PRESETS)}")
 
 
+def model_config(name: str, **kwargs):
+    """The validated config of generator preset ``name`` without building it (cheap checks first):
+    the one place ``encoder_depth``, patch divisibility and label dropout are checked."""
+    from repae.models.dit import dit_config
+    from repae.models.lightningdit import lightningdit_config
+
+    configs = {"LightningDiT-": lightningdit_config, "DiT-": dit_config, "SiT-": sit_config}
+    for prefix, make in configs.items():
+        if name.startswith(prefix) and name in MODEL_PRESETS:
+            return make(name, **kwargs)
+    raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_PRESETS)}")
+
+
 def objective_kind(model) -> str:
     """``"ddpm"`` for DiT (eps + learned variance, :mod:`repae.diffusion.gaussian`), else ``"flow"``."""
     return getattr(model, "objective_kind", "flow")
@@ -57,6 +70,7 @@ __all__ = [
     "build_sit",
     "dit_config",
     "lightningdit_config",
+    "model_config",
     "objective_kind",
     "sit_config",
 ]

@@ -166,8 +166,17 @@ class LabelEmbedder(nn.Module):
             )
         device = generator.device if generator is not None else y.device
         u = torch.rand(y.shape, generator=generator, device=device)  # [B]
-        mask = (u < p).to(y.device)  # [B] bool
-        return torch.where(mask, torch.full_like(y, self.num_classes), y)  # [B]
+        return self.apply_drop(y, u < p)  # [B]
+
+    def apply_drop(self, y: Tensor, mask: Tensor) -> Tensor:
+        """The one place labels become the null id: ``y`` where ``mask`` is False, ``num_classes`` where True.
+
+        The trainer draws ``mask`` for the global batch (so runs do not depend on the number of
+        processes) and hands it here; :meth:`drop` draws its own.
+        """
+        if not self.has_null and bool(mask.any()):
+            raise ConfigError("label dropout needs a null-label row; build the SiT with class_dropout_prob > 0")
+        return torch.where(mask.to(y.device), torch.full_like(y, self.num_classes), y)  # [B]
 
     def forward(self, y: Tensor) -> Tensor:
         return self.embedding_table(y)  # [B, D]

@@ -191,8 +191,12 @@ class SiT(nn.Module):
             if include_projectors or not name.startswith("projectors.")
         )
 
-    def drop_labels(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """CFG label dropout with ``config.class_dropout_prob`` (spec 2.2); see :meth:`LabelEmbedder.drop`."""
+    def drop_labels(self, y: Tensor, generator: torch.Generator | None = None, *, mask: Tensor | None = None
+                    ) -> Tensor:
+        """CFG label dropout (spec 2.2): with ``config.class_dropout_prob`` drawn on ``generator``, or at a
+        given ``mask`` [B] bool (the trainer's global-batch draw); see :class:`LabelEmbedder`."""
+        if mask is not None:
+            return self.y_embedder.apply_drop(y, mask)
         return self.y_embedder.drop(y, self.config.class_dropout_prob, generator=generator)
 
     def unpatchify(self, x: Tensor) -> Tensor:

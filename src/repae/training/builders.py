@@ -24,7 +24,7 @@ def validate_config(cfg: RunConfig) -> Recipe:
         raise ConfigError(f"unknown model.preset '{cfg.model.preset}'; choose one of: {', '.join(MODEL_PRESETS)}")
     preset = MODEL_PRESETS[cfg.model.preset]
     check_sampler_matches_model(cfg.model.preset, cfg.sample.sampler, "sample.sampler")
-    depth, patch = preset["depth"], (preset["patch_size"] if recipe.build_sit else 1)  # `vae`: no SiT
+    patch = preset["patch_size"] if recipe.build_sit else 1  # `vae`: no SiT
     factor = vae_cfg.downsample_factor * patch
     if cfg.data.resolution % factor:
         raise ConfigError(
@@ -32,11 +32,12 @@ def validate_config(cfg: RunConfig) -> Recipe:
             f"{vae_cfg.downsample_factor} x {patch}; pick a resolution that is a multiple of {factor}"
         )
     needs_align = recipe.sit_align or recipe.vae_align
-    if needs_align and not 1 <= cfg.model.encoder_depth <= depth:
-        raise ConfigError(
-            f"model.encoder_depth={cfg.model.encoder_depth} but {cfg.model.preset} has {depth} blocks; "
-            f"set model.encoder_depth between 1 and {depth}"
-        )
+    if recipe.build_sit:  # encoder_depth, patch and label-dropout checks live in the model's config
+        from repae.models import model_config
+
+        model_config(cfg.model.preset, input_size=cfg.data.resolution // vae_cfg.downsample_factor,
+                     in_channels=vae_cfg.latent_channels, num_classes=cfg.model.num_classes,
+                     encoder_depth=cfg.model.encoder_depth, class_dropout_prob=cfg.model.class_dropout_prob)
     if needs_align and not cfg.align.encoders:
         raise ConfigError(f"recipe '{cfg.train.recipe}' aligns to an encoder: set align.encoders (e.g. [repae-vit-t4])")
     if cfg.align.encoder_weights and len(cfg.align.encoder_weights) != len(cfg.align.encoders):

@@ -221,7 +221,7 @@ def sit_phase(ctx: PhaseContext, z: torch.Tensor, labels, targets, rnd: StepRand
     z_in = z.detach() if ctx.recipe.stop_grad else z  # the stop-gradient of REPA-E
     z_n = ctx.tokenizer.normalizer.normalize(z_in, update=ctx.recipe.update_normalizer)  # [b, C, h, w]
     noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
-    y = torch.where(rnd.drop, torch.full_like(labels, ctx.num_classes), labels)  # CFG label dropout
+    y = ctx.sit_unwrapped.sit.drop_labels(labels, mask=rnd.drop)  # CFG label dropout [b]
     depth = ctx.encoder_depth if ctx.recipe.sit_align else None
     prediction, projections = ctx.sit(noised.x_t, noised.t, y, align_depth=depth)
     denoising = ctx.objective.batch_loss(prediction, noised).mean()

@@ -305,7 +305,7 @@ class Trainer:
             rnd = phases.StepRandomness.draw(
                 generator=gen, global_batch=global_micro, rows=rows,
                 latent_shape=self.latent_shape, time_sampler=self.objective.time_sampler,
-                drop_prob=cfg.model.class_dropout_prob, device=eng.device,
+                drop_prob=self.sit.config.class_dropout_prob if self.sit is not None else 0.0, device=eng.device,
             )
             if self.tokreg is not None:  # drawn after the above: the other draws do not change
                 rnd.tokreg = self.tokreg.draw(gen, global_batch=global_micro, rows=rows,
