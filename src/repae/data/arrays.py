@@ -111,6 +111,17 @@ class ArrayDataset(Dataset):
 
 def _npz_arrays(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """Pick images / labels / class names out of an ``.npz`` file (layouts in the module docstring)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{path} is not an .npz archive; write one with numpy.savez (arr_0 = uint8 [N, H, W, 3])")
+    try:
+        return _npz_arrays_open(path, split)
+    except ValueError as err:  # object arrays (pickles) are refused: allow_pickle=False
+        raise ConfigError(f"{path}: {str(err).splitlines()[0][:120]}; store plain uint8 / int64 arrays") from None
+
+
+def _npz_arrays_open(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
         names = [str(s) for s in z["class_names"]] if "class_names" in keys else None
@@ -145,6 +156,8 @@ class H5Dataset(Dataset):
         self.path = Path(path)
         self.resolution = resolution
         # read metadata with a short-lived handle; nothing stays open after __init__
+        if not h5py.is_hdf5(self.path):
+            raise ConfigError(f"{self.path} is not an HDF5 file; write one with h5py (datasets 'images', 'labels')")
         with h5py.File(self.path, "r") as f:
             if "images" not in f:
                 raise ConfigError(f"{self.path}: no 'images' dataset (found {sorted(f.keys())}); "

@@ -177,7 +177,9 @@ def to_nchw_uint8(batch: Any) -> torch.Tensor:
 
 
 def _npz_member_reader(path: Path, key: str = "arr_0"):
-    """Open ``key`` of an ``.npz`` for streaming: returns (file object, shape, dtype)."""
+    """Open ``key`` of an ``.npz`` for streaming: returns (file object, shape, dtype); checks the layout."""
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{path} is not an .npz archive; write samples with numpy.savez (arr_0 = uint8 [N, H, W, 3])")
     zf = zipfile.ZipFile(path)
     name = f"{key}.npy"
     if name not in zf.namelist():
@@ -191,8 +193,19 @@ def _npz_member_reader(path: Path, key: str = "arr_0"):
         zf.close()
         raise ConfigError(f"{path}:{key} uses .npy format {version}; re-save it with np.savez (v1/v2)")
     shape, fortran, dtype = readers[version](f)
+    bad = None
     if fortran:
-        raise ConfigError(f"{path}:{key} is Fortran-ordered; re-save it with np.savez")
+        bad = "is Fortran-ordered; re-save it with np.savez"
+    elif dtype.hasobject:
+        bad = "holds Python objects (a pickle), which are never loaded; store uint8 images"
+    elif dtype != np.uint8:
+        bad = f"has dtype {dtype}; evaluation needs uint8 images in [0, 255] (repae.conventions.unit_to_uint8)"
+    elif len(shape) not in (3, 4) or (len(shape) == 4 and 1 not in (shape[1], shape[3]) and 3 not in (shape[1], shape[3])):
+        bad = f"has shape {tuple(shape)}; expected uint8 [N, H, W, 3] (or [N, 3, H, W], [N, H, W])"
+    if bad:
+        f.close()
+        zf.close()
+        raise ConfigError(f"{path}:{key} {bad}")
     return zf, f, shape, dtype
 
 
