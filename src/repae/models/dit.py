@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from repae.errors import ConfigError
 from repae.models.layers import FinalLayer
-from repae.models.sit import SiT, SiTConfig, preset_config
+from repae.models.sit import TRANSFORMER_SIZES, SiT, SiTConfig, preset_config
 
 __all__ = ["DiTConfig", "DiT", "DIT_PRESETS", "build_dit", "dit_config"]
 
@@ -118,13 +118,7 @@ class DiT(SiT):
 # Presets (DiT Table 1: S/B/L/XL x patch 2/4/8; "T" = tiny CPU presets for tests)
 # ----------------------------------------------------------------------------------------------
 
-_SIZES: dict[str, dict[str, int]] = {
-    "T": {"depth": 4, "hidden_size": 64, "num_heads": 2, "encoder_depth": 2},
-    "S": {"depth": 12, "hidden_size": 384, "num_heads": 6},
-    "B": {"depth": 12, "hidden_size": 768, "num_heads": 12},
-    "L": {"depth": 24, "hidden_size": 1024, "num_heads": 16},
-    "XL": {"depth": 28, "hidden_size": 1152, "num_heads": 16},
-}
+_SIZES = TRANSFORMER_SIZES  # DiT Table 1 sizes, identical to SiT's
 _PATCHES: dict[str, tuple[int, ...]] = {"T": (1, 2), "S": (2, 4, 8), "B": (2, 4, 8), "L": (2, 4, 8), "XL": (2, 4, 8)}
 
 #: ``"DiT-XL/2" -> {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2}`` etc.

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from repae.errors import ConfigError
 from repae.models.layers import LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, modulate
 from repae.models.projectors import build_projector
-from repae.models.sit import SiT, SiTConfig, SiTOutput, preset_config
+from repae.models.sit import TRANSFORMER_SIZES, SiT, SiTConfig, SiTOutput, preset_config
 
 __all__ = [
     "LightningDiTConfig",
@@ -276,26 +276,14 @@ class LightningDiT(SiT):
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(B)  # [B]
         x = self.x_embedder(x_t) + self.pos_embed  # [B, T, D]
         c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
-        hidden = None
-        for i, block in enumerate(self.blocks, start=1):
-            x = block(x, c, self.feat_rope)  # [B, T, D]
-            if i == hidden_at:
-                hidden = x  # [B, T, D]
-                if stop_at_hidden:
-                    return SiTOutput(prediction=None, hidden=hidden)
-        x = self.final_layer(x, c)  # [B, T, p*p*C]
-        return SiTOutput(prediction=self.unpatchify(x), hidden=hidden)  # prediction [B, C, h, w]
+        return self.run_blocks(x, c, hidden_at=hidden_at, stop_at_hidden=stop_at_hidden, rope=self.feat_rope)
 
 
 # ----------------------------------------------------------------------------------------------
 # Presets (VA-VAE paper: LightningDiT-B and -XL; "T" = tiny CPU presets for tests)
 # ----------------------------------------------------------------------------------------------
 
-_SIZES: dict[str, dict[str, int]] = {
-    "T": {"depth": 4, "hidden_size": 64, "num_heads": 2, "encoder_depth": 2},
-    "B": {"depth": 12, "hidden_size": 768, "num_heads": 12},
-    "XL": {"depth": 28, "hidden_size": 1152, "num_heads": 16},
-}
+_SIZES: dict[str, dict[str, int]] = {k: TRANSFORMER_SIZES[k] for k in ("T", "B", "XL")}
 _PATCHES: dict[str, tuple[int, ...]] = {"T": (1, 2), "B": (1,), "XL": (1, 2)}
 
 #: ``"LightningDiT-XL/1" -> {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 1}`` etc.

@@ -243,9 +243,17 @@ class SiT(nn.Module):
 
         x = self.x_embedder(x_t) + self.pos_embed  # [B, T, D]
         c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
+        return self.run_blocks(x, c, hidden_at=hidden_at, stop_at_hidden=stop_at_hidden)
+
+    def run_blocks(self, x: Tensor, c: Tensor, *, hidden_at: int | None, stop_at_hidden: bool,
+                   **block_kw: Any) -> SiTOutput:
+        """Blocks -> final layer, keeping the tokens after block ``hidden_at`` (REPA's hidden state).
+
+        Shared by every generator family (SiT, DiT, LightningDiT passes its RoPE in ``block_kw``).
+        """
         hidden = None
         for i, block in enumerate(self.blocks, start=1):
-            x = block(x, c)  # [B, T, D]
+            x = block(x, c, *block_kw.values())  # [B, T, D]
             if i == hidden_at:
                 hidden = x  # [B, T, D]
                 if stop_at_hidden:
@@ -260,7 +268,7 @@ class SiT(nn.Module):
 
 # depth / hidden / heads per size (spec 2.1). SiT-S's final layer is hidden-wide here (384), which
 # fixes the reference's broken 768-wide SiT-S head. "T" = tiny CPU presets for tests and demos.
-_SIZES: dict[str, dict[str, int]] = {
+TRANSFORMER_SIZES: dict[str, dict[str, int]] = {  # shared by SiT, DiT and LightningDiT
     "T": {"depth": 4, "hidden_size": 64, "num_heads": 2, "encoder_depth": 2},
     "S": {"depth": 12, "hidden_size": 384, "num_heads": 6},
     "B": {"depth": 12, "hidden_size": 768, "num_heads": 12},
@@ -272,7 +280,7 @@ _PATCHES: dict[str, tuple[int, ...]] = {"T": (1, 2), "S": (1, 2, 4, 8), "B": (1,
 #: ``"SiT-XL/2" -> {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2}`` etc.
 #: An entry may also carry a default ``encoder_depth`` (the tiny presets use 2; otherwise 8).
 SIT_PRESETS: dict[str, dict[str, int]] = {
-    f"SiT-{size}/{p}": {**arch, "patch_size": p} for size, arch in _SIZES.items() for p in _PATCHES[size]
+    f"SiT-{size}/{p}": {**arch, "patch_size": p} for size, arch in TRANSFORMER_SIZES.items() for p in _PATCHES[size]
 }
 
 
