@@ -24,24 +24,25 @@ mkdir -p "$OUT"
 REPAE="${REPAE:-.venv/bin/repae}"
 
 if [[ $TINY == 1 ]]; then  # the same cases on the embedded default's shapes: proves the script runs
-  COMMON=(--device "$DEVICE" --steps 1 --warmup 0 --config tiny-fmnist train.report_to=none)
+  OPTS=(--device "$DEVICE" --steps 1 --warmup 0 --config tiny-fmnist)
+  OVR=(train.report_to=none)
   XL=(model.preset=SiT-T/1)
   B32=(train.batch_size=8) B64=(train.batch_size=8) SWEEP=(4 8)
   BF16=() PEAK=()
 else
-  COMMON=(--device "$DEVICE" --steps 3 --warmup 2 --flops --config tiny-fmnist data.resolution=256
-          tokenizer.preset=f8d4 "align.encoders=[dinov2-vit-b]" loss.perceptual=lpips model.num_classes=1000
-          model.encoder_depth=8 train.report_to=none)
+  OPTS=(--device "$DEVICE" --steps 3 --warmup 2 --flops --config tiny-fmnist)
+  OVR=(data.resolution=256 tokenizer.preset=f8d4 "align.encoders=[dinov2-vit-b]" loss.perceptual=lpips
+       model.num_classes=1000 model.encoder_depth=8 train.report_to=none)
   XL=(model.preset=SiT-XL/2)
   B32=(train.batch_size=32) B64=(train.batch_size=64) SWEEP=(8 16 32 64)
   BF16=(train.mixed_precision=bf16) PEAK=(--peak-tflops 989)
 fi
 
 failed=0
-bench() {  # name, then repae bench arguments
+bench() {  # name, then dotted overrides (all flags come first: argparse takes the overrides as one list)
   local name="$1"; shift
   echo "== $name"
-  if ! timeout 300 "$REPAE" bench "${COMMON[@]}" "${PEAK[@]}" --json "$OUT/$name.json" "$@"; then
+  if ! timeout 300 "$REPAE" bench "${OPTS[@]}" "${PEAK[@]}" --json "$OUT/$name.json" "${OVR[@]}" "$@"; then
     echo "!! $name failed (out of memory or error: see above)"; failed=$((failed + 1))
   fi
 }
