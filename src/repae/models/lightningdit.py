@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from repae.errors import ConfigError
 from repae.models.layers import LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, modulate
 from repae.models.projectors import build_projector
-from repae.models.sit import TRANSFORMER_SIZES, SiT, SiTConfig, SiTOutput, preset_config
+from repae.models.sit import TRANSFORMER_SIZES, SiT, SiTConfig, preset_config
 
 __all__ = [
     "LightningDiTConfig",
@@ -264,19 +264,9 @@ class LightningDiT(SiT):
         """Same as :func:`build_lightningdit`."""
         return build_lightningdit(name, **kwargs)
 
-    def forward(self, x_t: Tensor, t: Tensor, y: Tensor, *, hidden_at: int | None = None,
-                stop_at_hidden: bool = False) -> SiTOutput:
-        """Velocity prediction; arguments and output exactly as :meth:`SiT.forward`."""
-        depth = self.config.depth
-        if hidden_at is not None and not 1 <= hidden_at <= depth:
-            raise ValueError(f"hidden_at={hidden_at} must be a block index in 1..{depth}")
-        if stop_at_hidden and hidden_at is None:
-            raise ValueError("stop_at_hidden=True needs hidden_at (the block after which to stop)")
-        B = x_t.shape[0]
-        t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(B)  # [B]
-        x = self.x_embedder(x_t) + self.pos_embed  # [B, T, D]
-        c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
-        return self.run_blocks(x, c, hidden_at=hidden_at, stop_at_hidden=stop_at_hidden, rope=self.feat_rope)
+    def block_kwargs(self) -> dict[str, Any]:
+        """The 2-D RoPE tables every block uses; the forward itself is :meth:`SiT.forward`."""
+        return {"rope": self.feat_rope}
 
 
 # ----------------------------------------------------------------------------------------------

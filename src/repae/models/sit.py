@@ -243,7 +243,11 @@ class SiT(nn.Module):
 
         x = self.x_embedder(x_t) + self.pos_embed  # [B, T, D]
         c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
-        return self.run_blocks(x, c, hidden_at=hidden_at, stop_at_hidden=stop_at_hidden)
+        return self.run_blocks(x, c, hidden_at=hidden_at, stop_at_hidden=stop_at_hidden, **self.block_kwargs())
+
+    def block_kwargs(self) -> dict[str, Any]:
+        """Extra inputs every block takes besides ``(x, c)`` (none for SiT/DiT; LightningDiT's RoPE)."""
+        return {}
 
     def run_blocks(self, x: Tensor, c: Tensor, *, hidden_at: int | None, stop_at_hidden: bool,
                    **block_kw: Any) -> SiTOutput:
