@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from repae.cli import VERBS, main
-from repae.config import CHOICES, RunConfig, load_config
+from repae.config import CHOICES, RunConfig, check_ranges, load_config
 from repae.errors import ConfigError
 from test_training import TINY, batch, make_trainer
 
@@ -232,6 +232,17 @@ def test_learn_pos_embed_option(tmp_path):
     for _ in range(2):
         learnt.train_step(*batch(learnt))
     assert not torch.equal(learnt.sit.pos_embed.detach(), before)
+
+
+def test_projector_dim_option(tmp_path):
+    """model.projector_dim: 0 = the preset's width (256 on the tiny T presets), else that width; saved
+    with the run as an architecture key, so a checkpoint reloads with the head it was trained with."""
+    default = make_trainer(tmp_path)
+    assert default.sit.projectors[0][0].out_features == 256
+    wide = make_trainer(tmp_path / "w", "model.projector_dim=512")
+    assert [m.out_features for m in wide.sit.projectors[0] if hasattr(m, "out_features")][:2] == [512, 512]
+    with pytest.raises(ConfigError, match="model.projector_dim"):
+        check_ranges(load_config(None, ["model.projector_dim=-1"]))
 
 
 # --- 8. one sampling interface -----------------------------------------------------------------------

@@ -51,6 +51,7 @@ class ModelConfig:
     encoder_depth: int = 2  # 1-based SiT block whose output is projected (paper: 8)
     qk_norm: bool = False
     learn_pos_embed: bool = False  # true = train the sin-cos table, as the official code does by accident
+    projector_dim: int = 0  # REPA MLP head width; 0 = the preset's (2048; 256 for the tiny T presets)
 
 
 @dataclass
@@ -311,6 +312,7 @@ RANGES: dict[str, tuple] = {
     "data.resolution": _POS, "data.num_workers": _NONNEG,
     "tokenizer.bn_momentum": _UNIT, "tokenizer.stats_images": _POS,
     "model.num_classes": _POS, "model.class_dropout_prob": _UNIT_OPEN, "model.encoder_depth": _POS,
+    "model.projector_dim": _NONNEG,
     "align.proj_coeff": _NONNEG, "align.vae_align_coeff": _NONNEG,
     "loss.reconstruction_weight": _NONNEG, "loss.perceptual_weight": _NONNEG, "loss.kl_weight": _NONNEG,
     "loss.disc_weight": _NONNEG, "loss.disc_start": _NONNEG, "loss.lecam_weight": _NONNEG,

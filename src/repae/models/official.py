@@ -305,10 +305,11 @@ def infer_architecture(state_dict: Mapping[str, Tensor], layout: str) -> dict[st
     table = sd.get("y_embedder.embedding_table.weight")
     if table is None:
         raise KeyLayoutError("missing key 'y_embedder.embedding_table.weight' (class-conditional models only)")
-    z_dims, projector = [], "mlp"
+    z_dims, projector, projector_dim = [], "mlp", None
     for k in sorted({int(m.group(1)) for key in sd if (m := re.match(r"^projectors\.(\d+)\.", key))}):
         if f"projectors.{k}.4.weight" in sd:
             z_dims.append(int(sd[f"projectors.{k}.4.weight"].shape[0]))
+            projector_dim = int(sd[f"projectors.{k}.4.weight"].shape[1])  # REPA: 2048
         elif f"projectors.{k}.proj.weight" in sd:
             z_dims.append(int(sd[f"projectors.{k}.proj.weight"].shape[0]))
             projector = "conv"
@@ -320,6 +321,7 @@ def infer_architecture(state_dict: Mapping[str, Tensor], layout: str) -> dict[st
     arch: dict[str, Any] = {
         "depth": depth, "hidden_size": D, "patch_size": p, "in_channels": C, "input_size": g * p,
         "label_rows": int(table.shape[0]), "z_dims": tuple(z_dims), "projector": projector,
+        "projector_dim": projector_dim,
         "qk_norm": "blocks.0.attn.q_norm.weight" in sd, "out_channels": out_channels,
     }
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
@@ -546,6 +548,8 @@ def build_official_model(checkpoint: Any, preset: str, *, num_classes: int = 100
         z_dims=arch["z_dims"], class_dropout_prob=0.1 if rows == num_classes + 1 else 0.0, qk_norm=arch["qk_norm"],
         projector=arch["projector"],
     )
+    if arch["projector_dim"]:  # the weights' MLP width (official files: 2048, whatever the preset's)
+        kwargs["projector_dim"] = arch["projector_dim"]
     if encoder_depth is not None or "legacy_encoder_depth" in extras:
         kwargs["encoder_depth"] = int(encoder_depth if encoder_depth is not None else extras["legacy_encoder_depth"])
     if family == "DiT":

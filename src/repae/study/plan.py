@@ -82,10 +82,10 @@ KINDS: dict[str, Kind] = {
     "no-lreg": Kind("no-lreg", "w/o L_REG", "init", "ablation", ("ablation",)),
 }
 
-#: seconds per training step at batch 64 on the 2-core reference machine (see the module docstring)
-STEP_COST: dict[str, float] = {
-    "repa-e": 2.0, "vae-scratch": 2.0, "no-normalizer": 2.0, "no-stopgrad": 1.6, "e2e-diffusion": 1.6,
-    "no-lreg": 1.0, "repa": 0.9, "vanilla": 0.12,
+#: seconds per training step at batch 64, one thread of the 2-core reference machine (module docstring)
+STEP_COST: dict[str, float] = {  # median of 5 train_step calls, 1 thread, idle machine, 2026-12-02
+    "repa-e": 1.50, "vae-scratch": 1.66, "no-normalizer": 1.58, "no-stopgrad": 1.41, "e2e-diffusion": 1.46,
+    "no-lreg": 0.71, "repa": 0.47, "vanilla": 0.16,
 }
 SAMPLE_COST = 0.0125  # seconds per generated image at 25 solver steps (SiT-T/1, 32 px, reference machine)
 RUN_OVERHEAD = 15.0  # seconds per run: build, rFID on the test split, latent analysis, checkpoint I/O

@@ -122,6 +122,7 @@ def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
         qk_norm=cfg.model.qk_norm,
         learn_pos_embed=cfg.model.learn_pos_embed,
         projector=cfg.align.projector,
+        **({"projector_dim": cfg.model.projector_dim} if cfg.model.projector_dim else {}),
     )
 
 

@@ -507,7 +507,7 @@ def clean_run_dir(run_dir: str | Path) -> list[str]:
 OVERRIDDEN = ("optim.lr", "optim.vae_lr", "optim.disc_lr", "optim.betas", "optim.weight_decay", "optim.eps")
 # Settings that fix tensor shapes: resuming with another value cannot load the weights.
 ARCHITECTURE = ("data.resolution", "tokenizer.preset", "model.preset", "model.num_classes", "model.qk_norm",
-                "model.learn_pos_embed", "align.encoders", "align.projector", "train.recipe")
+                "model.learn_pos_embed", "model.projector_dim", "align.encoders", "align.projector", "train.recipe")
 # Settings that change nothing about the trained weights.
 HARMLESS = ("train.max_steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
             "train.keep_checkpoints", "train.resume", "train.threads", "train.report_to", "train.output_dir",
