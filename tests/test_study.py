@@ -10,7 +10,17 @@ import torch
 from repae.cli import main
 from repae.errors import ConfigError
 from repae.study.claims import CLAIMS, FAILS, HOLDS, INCONCLUSIVE, MARKS, evaluate_claims, mark, pooled_sd
-from repae.study.plan import KINDS, StudyConfig, build_plan, estimate_seconds, paper_commands, paper_config, parse_shard
+from repae.study.plan import (
+    DEFAULT_KINDS,
+    EXTRAS,
+    KINDS,
+    StudyConfig,
+    build_plan,
+    estimate_seconds,
+    paper_commands,
+    paper_config,
+    parse_shard,
+)
 
 TINY = ["model.preset=SiT-T/1", "model.encoder_depth=2", "tokenizer.stats_images=32", "train.log_every=1",
         "sample.num_images=4", "sample.num_steps=2"]
@@ -79,7 +89,7 @@ def test_default_plan_fits_the_budget_with_two_seeds():
     cfg = StudyConfig()
     plan = build_plan(cfg)
     kinds = plan.by_kind()
-    assert set(kinds) == set(KINDS)
+    assert set(kinds) == set(DEFAULT_KINDS)
     for k in ("repa-e", "repa", "vanilla", "dropin-repa", "dropin-vanilla"):
         assert len(kinds[k]) >= 2, k
     total = sum(estimate_seconds(r, cfg)["total"] for r in plan.runs)
@@ -104,11 +114,54 @@ def test_bad_study_values_are_one_line():
         build_plan(StudyConfig()).select(["nope"])
     with pytest.raises(ConfigError, match="positive integer"):
         build_plan(StudyConfig(steps=0))
-    with pytest.raises(ConfigError, match="drop-in rows need the repa-e row"):
+    with pytest.raises(ConfigError, match="exported by row repa-e: add repa-e"):
         build_plan(StudyConfig(kinds=("repa", "dropin-repa")))
+    with pytest.raises(ConfigError, match="exported by row tok-se: add tok-se"):
+        build_plan(StudyConfig(kinds=("vanilla", "tokreg-se")))
+    with pytest.raises(ConfigError, match="DiT of the study's model size"):
+        build_plan(StudyConfig(kinds=("dit",), overrides=("model.preset=SiT-S/1",)))
     for text in ("2", "0/2", "a/b"):
         with pytest.raises(ConfigError, match="--shard"):
             parse_shard(text)
+
+
+def test_extras_add_rows_without_touching_the_default_runs():
+    """--extra dit / tokreg: new rows, one seed each; every default run keeps its overrides and
+    fingerprint, so a finished default study is reused, not retrained."""
+    base = build_plan(StudyConfig())
+    full = build_plan(StudyConfig(kinds=(*DEFAULT_KINDS, *EXTRAS["dit"], *EXTRAS["tokreg"])))
+    old = {r.name: (r.overrides, r.fingerprint(base.config)) for r in base.runs}
+    new = {r.name: (r.overrides, r.fingerprint(full.config)) for r in full.runs}
+    assert all(new[n] == old[n] for n in old)
+    assert set(new) - set(old) == {f"{k}-s0" for p in EXTRAS.values() for k in p}
+    dit = full.get("dropin-dit-repa-s0")
+    assert dit.depends_on == "repa-e-s0" and "model.preset=DiT-T/1" in dit.overrides
+    assert "sample.sampler=ddpm" in dit.overrides and "train.recipe=repa" in dit.overrides
+    se, sit = full.get("tok-se-s0"), full.get("tokreg-se-s0")
+    assert "train.recipe=vae" in se.overrides and "tokreg.se_weight=0.25" in se.overrides and se.exports_vae
+    assert sit.depends_on == "tok-se-s0" and any(o.endswith("tok-se-s0/e2e-vae") for o in sit.overrides)
+    assert not any(o.startswith("tokreg.") for o in sit.overrides)  # the SiT row only reads the tokenizer
+    for shard in full.shards(2):  # a tokenizer row and the SiT trained on it share a shard
+        for n in shard:
+            assert full.get(n).depends_on in (None, *shard)
+    for r in full.runs:  # every row's config validates (choices, ranges, sampler vs model)
+        from repae.config import check_ranges, load_config
+        from repae.training.builders import check_sampler_matches_model
+
+        rc = load_config(full.config.preset, list(r.overrides))
+        check_ranges(rc)
+        if KINDS[r.kind].family:
+            check_sampler_matches_model(rc.model.preset, rc.sample.sampler, "sample.sampler")
+    text = "\n".join(paper_commands(paper_config(kinds=full.config.kinds)))
+    assert "model.preset=DiT-L/2" in text and "sample --checkpoint study-imagenet/runs/tok-se-s0" not in text
+
+
+def test_cli_extra(capsys):
+    assert main(["study", "--extra", "dit", "--extra", "tokreg", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dropin-dit-s0" in out and "tokreg-vf-s0" in out
+    assert main(["study", "--extra", "nope", "--dry-run"]) == 2
+    assert "choose from dit, tokreg" in capsys.readouterr().err
 
 
 def test_paper_commands_cover_every_run():
@@ -177,6 +230,26 @@ def test_miniature_study_runs_reports_and_resumes(tmp_path, tokenizer_dir):
     assert fourth["ran"] == ["repa-s0"]
     with pytest.raises(ConfigError, match="other settings"):  # the same folder with other settings
         run_study(tiny_config(out, tokenizer_dir, steps=3), log=lines.append)
+
+
+def test_miniature_extras_dit_and_tokenizer_regulariser(tmp_path, tokenizer_dir):
+    """A DiT row is sampled with DDIM; a tokenizer-only row trains and exports, and the SiT row on it
+    carries its rFID into the regulariser table."""
+    from repae.study.run import run_study
+
+    cfg = tiny_config(tmp_path / "study", tokenizer_dir, kinds=("vanilla", "dit", "tok-se", "tokreg-se"),
+                      overrides=(*TINY, "tokreg.se_factors=[2]"))
+    res = run_study(cfg, log=lambda line: None)
+    assert res["ran"] == ["vanilla-s0", "dit-s0", "tok-se-s0", "tokreg-se-s0"]
+    out = tmp_path / "study"
+    dit_eval = json.loads(next((out / "runs" / "dit-s0" / "eval").glob("step-*.json")).read_text())
+    assert dit_eval["sampler"] == "ddim"
+    assert (out / "runs" / "tok-se-s0" / "e2e-vae" / "config.json").is_file()
+    assert not (out / "runs" / "tok-se-s0" / "eval").exists()  # evaluated through the SiT trained on it
+    results = json.loads((out / "results.json").read_text())
+    assert isinstance(results["runs"]["tokreg-se-s0"]["rfid"], (int, float))
+    md = (out / "report.md").read_text()
+    assert "Tokenizer regularisers" in md and "| VAE init. + L_REG + SE |" in md and "DiT-T/1" in md
 
 
 def test_dropin_without_its_e2e_vae_is_one_line(tmp_path, tokenizer_dir):

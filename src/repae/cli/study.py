@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="'VAE init.': shipped name, tokenizer folder or weights file (small: repae-vae-fmnist, "
                         "paper: pretrained/sd-vae-ft-mse)")
+    parser.add_argument("--extra", action="append", default=None, metavar="PART[,PART]",
+                        help="add rows to the default study: 'dit' (the DiT half of the drop-in table), 'tokreg' "
+                        "(SE / EQ-VAE / VF-loss fine-tunes of VAE init., a fresh SiT on each); one seed each; "
+                        "finished default runs are reused")
     parser.add_argument("--only", action="append", default=None, metavar="NAME[,NAME]",
                         help="run only these runs (names: see --dry-run); repeatable")
     parser.add_argument("--shard", default=None, metavar="i/n",
@@ -53,6 +57,14 @@ def _config(args: argparse.Namespace):
                    tokenizer=args.tokenizer, eval_samples=args.eval_samples)
     if args.overrides:
         changes["overrides"] = tuple(args.overrides)
+    if args.extra:
+        from repae.study.plan import DEFAULT_KINDS, EXTRAS
+
+        parts = [p.strip() for item in args.extra for p in item.split(",") if p.strip()]
+        unknown = [p for p in parts if p not in EXTRAS]
+        if unknown:
+            raise ConfigError(f"--extra {','.join(unknown)}: choose from {', '.join(EXTRAS)}")
+        changes["kinds"] = (*DEFAULT_KINDS, *(k for p in parts for k in EXTRAS[p]))
     if args.budget == "paper":
         if args.overrides:
             from repae.study.plan import PAPER

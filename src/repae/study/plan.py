@@ -62,9 +62,20 @@ class Kind:
 
     recipe: str  # repae.training.recipes name
     label: str  # row label in the seed's tables
-    tokenizer: str  # "init" (StudyConfig.tokenizer) | "scratch" (recipe ignores weights) | "e2e" (exported)
+    # "init" (StudyConfig.tokenizer) | "scratch" (recipe ignores weights) | "e2e" (the repa-e run's export)
+    # | "run:<kind>" (the tokenizer exported by that row's run of the same seed)
+    tokenizer: str
     seeds: str  # "all" (StudyConfig.seeds) | "ablation" (StudyConfig.ablation_seeds)
     tables: tuple[str, ...]
+    overrides: tuple[str, ...] = ()  # this row's own run overrides (e.g. a tokenizer regulariser)
+    family: str = "SiT"  # generator: "SiT" (the preset's) | "DiT" (same size and patch) | "" (tokenizer only)
+
+    @property
+    def source(self) -> str | None:
+        """The row whose exported tokenizer this row trains on (None: not an exported one)."""
+        if self.tokenizer == "e2e":
+            return "repa-e"
+        return self.tokenizer[4:] if self.tokenizer.startswith("run:") else None
 
 
 #: kind -> row, in run order (a drop-in row follows the repa-e run it depends on)
@@ -80,12 +91,38 @@ KINDS: dict[str, Kind] = {
     "no-stopgrad": Kind("no-stopgrad", "w/o stopgrad", "init", "ablation", ("ablation",)),
     "no-normalizer": Kind("no-normalizer", "w/o batch-norm", "init", "ablation", ("ablation",)),
     "no-lreg": Kind("no-lreg", "w/o L_REG", "init", "ablation", ("ablation",)),
+    # --extra dit: the DiT half of the drop-in table (seed 'The impact of end-to-end tuning')
+    "dit": Kind("vanilla", "DiT (vanilla)", "init", "ablation", ("dropin",), family="DiT"),
+    "dit-repa": Kind("repa", "DiT + REPA", "init", "ablation", ("dropin",), family="DiT"),
+    "dropin-dit": Kind("vanilla", "E2E-VAE + DiT (vanilla)", "e2e", "ablation", ("dropin",), family="DiT"),
+    "dropin-dit-repa": Kind("repa", "E2E-VAE + DiT + REPA", "e2e", "ablation", ("dropin",), family="DiT"),
+    # --extra tokreg: the tokenizer regularisers (docs/tokenizer-regularisers.md): VAE init. fine-tuned
+    # for the same steps with L_REG alone (the control) or + SE / EQ-VAE / VF loss, then a fresh vanilla
+    # SiT on each frozen result, beside the vanilla rows on VAE init. and on the E2E-VAE
+    "tok-base": Kind("vae", "L_REG fine-tune", "init", "ablation", ("tokreg",), family=""),
+    "tok-se": Kind("vae", "+ SE", "init", "ablation", ("tokreg",), ("tokreg.se_weight=0.25",), family=""),
+    "tok-eq": Kind("vae", "+ EQ-VAE", "init", "ablation", ("tokreg",),
+                   ("tokreg.eq_prob=0.5", "tokreg.eq_min_scale=0.75"), family=""),
+    "tok-vf": Kind("vae", "+ VF loss", "init", "ablation", ("tokreg",), ("tokreg.vf_weight=0.1",), family=""),
+    "tokreg-base": Kind("vanilla", "L_REG fine-tune + SiT", "run:tok-base", "ablation", ("tokreg",)),
+    "tokreg-se": Kind("vanilla", "SE fine-tune + SiT", "run:tok-se", "ablation", ("tokreg",)),
+    "tokreg-eq": Kind("vanilla", "EQ-VAE fine-tune + SiT", "run:tok-eq", "ablation", ("tokreg",)),
+    "tokreg-vf": Kind("vanilla", "VF-loss fine-tune + SiT", "run:tok-vf", "ablation", ("tokreg",)),
+}
+
+#: the rows of the default study (issue: REPA-E vs baselines, ablations, SiT drop-in)
+DEFAULT_KINDS: tuple[str, ...] = ("vanilla", "repa", "repa-e", "dropin-vanilla", "dropin-repa", "repa-e-scratch",
+                                  "e2e-diffusion", "no-stopgrad", "no-normalizer", "no-lreg")
+#: ``repae study --extra NAME``: rows added to the default ones (one seed each, like the ablations)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "dit": ("dit", "dit-repa", "dropin-dit", "dropin-dit-repa"),
+    "tokreg": ("tok-base", "tok-se", "tok-eq", "tok-vf", "tokreg-base", "tokreg-se", "tokreg-eq", "tokreg-vf"),
 }
 
 #: seconds per training step at batch 64, one thread of the 2-core reference machine (module docstring)
 STEP_COST: dict[str, float] = {  # median of 5 train_step calls, 1 thread, idle machine, 2026-12-02
     "repa-e": 1.50, "vae-scratch": 1.66, "no-normalizer": 1.58, "no-stopgrad": 1.41, "e2e-diffusion": 1.46,
-    "no-lreg": 0.71, "repa": 0.47, "vanilla": 0.16,
+    "no-lreg": 0.71, "repa": 0.47, "vanilla": 0.16, "vae": 1.0,
 }
 SAMPLE_COST = 0.0125  # seconds per generated image at 25 solver steps (SiT-T/1, 32 px, reference machine)
 RUN_OVERHEAD = 15.0  # seconds per run: build, rFID on the test split, latent analysis, checkpoint I/O
@@ -104,7 +141,7 @@ class StudyConfig:
     tokenizer: str = "repae-vae-fmnist"  # "VAE init.": registry name, tokenizer folder or weights file
     preset: str = "tiny-fmnist"  # base config of every run
     overrides: tuple[str, ...] = ()  # dotted overrides applied to every run, after the study's own
-    kinds: tuple[str, ...] = tuple(KINDS)  # which rows to plan
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # which rows to plan (KINDS keys; EXTRAS adds more)
     eval_every: int = 60  # FD-vs-step points (and checkpoints) every this many steps
     curve_samples: int = 500  # samples per FD-vs-step point (more than the 256 feature dimensions)
     eval_samples: int = 1000  # samples of the final evaluation; also images for rFID
@@ -249,9 +286,11 @@ def build_plan(cfg: StudyConfig) -> Plan:
     out = Path(cfg.out)
     plan = Plan(cfg)
     kinds = [k for k in KINDS if k in cfg.kinds]
-    if any(KINDS[k].tokenizer == "e2e" for k in kinds) and "repa-e" not in kinds:
-        raise ConfigError("the drop-in rows need the repa-e row (its exported E2E-VAE): add repa-e to the "
-                          "study rows or drop dropin-*")
+    for k in kinds:
+        src = KINDS[k].source
+        if src is not None and src not in kinds:
+            raise ConfigError(f"study row {k} trains on the tokenizer exported by row {src}: add {src} to the "
+                              f"study rows or drop {k}")
     common = [f"train.output_dir={out / 'runs'}", f"train.max_steps={cfg.steps}",
               f"train.batch_size={cfg.batch_size}", f"train.checkpoint_every={cfg.eval_every}"]
     if cfg.budget == "small":  # only what the study reads: no preview grids, diagnostics or per-run pages
@@ -266,22 +305,47 @@ def build_plan(cfg: StudyConfig) -> Plan:
         kind = KINDS[k]
         for seed in _seeds(cfg, kind):
             name = f"{k}-s{seed}"
-            depends = f"repa-e-s{seed}" if kind.tokenizer == "e2e" else None
+            depends = f"{kind.source}-s{seed}" if kind.source else None
             if kind.tokenizer == "init":
                 tok = [f"tokenizer.weights={cfg.tokenizer}"]
-            elif kind.tokenizer == "e2e":
+            elif depends:
                 tok = [f"tokenizer.weights={out / 'runs' / depends / 'e2e-vae'}"]
             else:
                 tok = []  # vae-scratch ignores tokenizer.weights; the normaliser starts from data statistics
             overrides = (*common, f"train.recipe={kind.recipe}", f"train.seed={seed}", f"train.exp_name={name}",
-                         *tok, *cfg.overrides)
+                         *tok, *kind.overrides, *cfg.overrides, *_family_overrides(cfg, kind.family))
             spec = RunSpec(name=name, kind=k, recipe=kind.recipe, seed=seed, label=kind.label, tables=kind.tables,
-                           overrides=overrides, depends_on=depends, exports_vae=k == "repa-e")
+                           overrides=overrides, depends_on=depends,
+                           exports_vae=any(KINDS[j].source == k for j in kinds))
             per_seed.setdefault(seed, []).append(spec)
     # order: seed 0 of every row first (a killed study has one complete seed early), drop-ins after repa-e
     for seed in sorted(per_seed):
         plan.runs.extend(per_seed[seed])
     return plan
+
+
+def base_model(cfg: StudyConfig) -> str:
+    """The generator preset of the study's SiT rows (``model.preset`` of the preset plus overrides)."""
+    for o in reversed(cfg.overrides):
+        if o.startswith("model.preset="):
+            return o.split("=", 1)[1]
+    from repae.config import load_config
+
+    return load_config(cfg.preset).model.preset
+
+
+def _family_overrides(cfg: StudyConfig, family: str) -> list[str]:
+    """DiT rows: the DiT of the study's SiT size and patch (``SiT-T/1`` -> ``DiT-T/1``), sampled with DDPM."""
+    if family != "DiT":
+        return []
+    from repae.models import DIT_PRESETS
+
+    sit = base_model(cfg)
+    dit = "DiT-" + sit.split("-", 1)[1] if "-" in sit else sit
+    if dit not in DIT_PRESETS:
+        raise ConfigError(f"the DiT rows need a DiT of the study's model size ({sit} -> {dit}), which does not exist; "
+                          f"choose a model with --set model.preset=SiT-XL/2 (patch 2, 4 or 8) or drop --extra dit")
+    return [f"model.preset={dit}", "sample.sampler=ddpm"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,10 +407,14 @@ def paper_commands(cfg: StudyConfig, *, gpus: int = 8) -> list[str]:
             tokenizer = run_dir / "e2e-vae"
         else:  # frozen: the initial tokenizer, or the E2E-VAE it was given
             tokenizer = out / "runs" / r.depends_on / "e2e-vae" if r.depends_on else Path(cfg.tokenizer)
+        train = [f"# {r.name}: {r.label} (tables: {', '.join(r.tables)})",
+                 f"torchrun --nproc_per_node {gpus} -m repae.cli train --config {cfg.preset} "
+                 + " ".join(shlex.quote(o) for o in r.overrides)]
+        if not KINDS[r.kind].family:  # tokenizer only: the SiT row trained on its export evaluates it
+            lines += train
+            continue
         lines += [
-            f"# {r.name}: {r.label} (tables: {', '.join(r.tables)})",
-            f"torchrun --nproc_per_node {gpus} -m repae.cli train --config {cfg.preset} "
-            + " ".join(shlex.quote(o) for o in r.overrides),
+            *train,
             f"torchrun --nproc_per_node {gpus} -m repae.cli sample --checkpoint {run_dir} --num-samples "
             f"{cfg.eval_samples} --out-npz {out / 'samples' / r.name}.npz",
             f"repae evaluate --samples {out / 'samples' / r.name}.npz --reference {f['reference']} "

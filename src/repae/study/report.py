@@ -162,13 +162,35 @@ def build_tables(plan: Plan, results: dict[str, dict | None]) -> list[dict]:
                          "(measured in the REPA runs); SV/TV definitions: repae.analysis.latent_stats"))
     # 5. drop-in: VAE | Diffusion model | REPA | gFID
     spec = [("vanilla", "VAE init.", "×"), ("dropin-vanilla", "E2E-VAE (Ours)", "×"),
-            ("repa", "VAE init.", "✓"), ("dropin-repa", "E2E-VAE (Ours)", "✓")]
-    rows = [{"cells": [vae, sit, repa, n(k), *cells(k, ["fid", "sfid", "inception_score", "class_accuracy"])]}
+            ("repa", "VAE init.", "✓"), ("dropin-repa", "E2E-VAE (Ours)", "✓"),
+            ("dit", "VAE init.", "×"), ("dropin-dit", "E2E-VAE (Ours)", "×"),
+            ("dit-repa", "VAE init.", "✓"), ("dropin-dit-repa", "E2E-VAE (Ours)", "✓")]
+    rows = [{"cells": [vae, _model_name(plan, k, sit), repa, n(k),
+                       *cells(k, ["fid", "sfid", "inception_score", "class_accuracy"])]}
             for k, vae, repa in spec if k in kinds]
     tables.append(_table("dropin", "The E2E-VAE as a drop-in tokenizer", "seed 'The impact of end-to-end tuning' "
-                         "(paper sec. 4.3; a fresh diffusion model on each frozen tokenizer)",
+                         "(paper sec. 4.3; a fresh diffusion model on each frozen tokenizer; DiT-XL: SD-VAE 19.82 / "
+                         "E2E-VAE 6.75 without REPA, 12.29 / 4.20 with)",
                          ["VAE", "Diffusion model", "REPA", "seeds", "gFID↓", "sFID↓", "IS↑", "class acc.↑"], rows,
-                         note="E2E-VAE = the tokenizer exported by the REPA-E (VAE init.) run of the same seed"))
+                         note="E2E-VAE = the tokenizer exported by the REPA-E (VAE init.) run of the same seed"
+                         + ("; DiT rows: DDPM objective, sampled with DDIM (eta 0) at the study's step count"
+                            if "dit" in kinds or "dropin-dit" in kinds else "")))
+    # 7. tokenizer regularisers: a fresh vanilla SiT on each frozen tokenizer (--extra tokreg)
+    spec = [("vanilla", "VAE init.", "none"), ("tokreg-base", "VAE init. + L_REG", f"{cfg.steps} steps"),
+            ("tokreg-se", "VAE init. + L_REG + SE", f"{cfg.steps} steps"),
+            ("tokreg-eq", "VAE init. + L_REG + EQ-VAE", f"{cfg.steps} steps"),
+            ("tokreg-vf", "VAE init. + L_REG + VF loss", f"{cfg.steps} steps"),
+            ("dropin-vanilla", "E2E-VAE (REPA-E)", f"{cfg.steps} steps")]
+    keys = ["rfid", "psnr", "ssim", "latent_tv_over_sqrt_sv", "fid", "sfid", "class_accuracy"]
+    rows = [{"cells": [tok, tune, n(k), *cells(k, keys)]} for k, tok, tune in spec if k in kinds]
+    if any(k in kinds for k in ("tokreg-base", "tokreg-se", "tokreg-eq", "tokreg-vf")):
+        tables.append(_table("tokreg", "Tokenizer regularisers", "seed 'Background' (SE, EQ-VAE, VA-VAE: make the "
+                             "latent easier to diffuse); docs/tokenizer-regularisers.md",
+                             ["Tokenizer", "Fine-tune", "seeds", "rFID↓", "PSNR↑", "SSIM↑", "TV/√SV", "gFID↓", "sFID↓",
+                              "class acc.↑"], rows,
+                             note="gFID etc.: a fresh vanilla SiT trained on the frozen tokenizer; rFID / PSNR / SSIM "
+                             f"on {cfg.recon_data}; weights: SE 0.25, EQ p=0.5 (scales >= 0.75), VF 0.1 "
+                             "(the docs' settings)"))
     # 6. tokenizer quality with generation
     spec = [("repa", "VAE init.", "REPA"), ("dropin-repa", "E2E-VAE (Ours)", "REPA"),
             ("repa-e", "E2E-VAE (Ours)", "REPA-E (end-to-end)")]
@@ -179,6 +201,17 @@ def build_tables(plan: Plan, results: dict[str, dict | None]) -> list[dict]:
                          ["Tokenizer", "Method", "Steps", "seeds", "rFID↓", "PSNR↑", "gFID↓", "sFID↓", "IS↑",
                           "Prec.↑", "Rec.↑"], rows, note=f"rFID / PSNR on {cfg.recon_data}"))
     return [t for t in tables if any("cells" in r for r in t["rows"])]
+
+
+def _model_name(plan: Plan, kind: str, default: str) -> str:
+    """``model.preset`` of the row's runs (DiT rows override the study's SiT)."""
+    for r in plan.runs:
+        if r.kind == kind:
+            for o in reversed(r.overrides):
+                if o.startswith("model.preset="):
+                    return o.split("=", 1)[1]
+            break
+    return default
 
 
 def _sit_name(plan: Plan) -> str:
@@ -239,7 +272,8 @@ def fd_curve_png(plan: Plan, results: dict[str, dict | None]) -> bytes | None:
         pts = sorted(curves[kind].items())
         steps = [s for s, _ in pts]
         means = [sum(v) / len(v) for _, v in pts]
-        ax.plot(steps, means, marker="o", ms=4, lw=1.6, color=color, label=KINDS[kind].label)
+        ax.plot(steps, means, marker="o", ms=4, lw=1.6, color=color, label=KINDS[kind].label,
+                ls=("-", "--", ":")[(i // len(cycle)) % 3])
         for s, vals in pts:
             if len(vals) > 1:
                 ax.scatter([s] * len(vals), vals, s=10, color=color, alpha=0.35)
@@ -263,8 +297,13 @@ def pca_tokenizers(plan: Plan) -> list[tuple[str, list]]:
     if frozen:
         out.append(("VAE init. (frozen)", by_kind[frozen[0]]))
     for kind in KINDS:
-        if kind in by_kind and KINDS[kind].recipe not in ("repa", "vanilla"):
+        if kind not in by_kind or not KINDS[kind].family:
+            continue
+        src = KINDS[kind].source
+        if KINDS[kind].recipe not in ("repa", "vanilla"):  # the row trains its VAE and was analysed
             out.append((f"{KINDS[kind].label}", by_kind[kind]))
+        elif src and not KINDS[src].family:  # a tokenizer-only row, analysed through the SiT trained on it
+            out.append((f"{KINDS[src].label}", by_kind[kind]))
     return out
 
 

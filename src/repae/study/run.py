@@ -146,17 +146,18 @@ def run_one(spec: RunSpec, cfg: StudyConfig, evaluator: StudyEvaluator) -> dict:
                                                 "kind": spec.kind, "settings": _run_settings(spec, cfg),
                                                 "overrides": list(spec.overrides)})
     run_cfg = load_config(cfg.preset, list(spec.overrides))
+    generates = KINDS[spec.kind].family != ""  # "": a tokenizer-only row (its SiT row evaluates it)
     t0 = time.perf_counter()
-    hook = FDCurveHook(evaluator, every=cfg.eval_every, num_samples=cfg.curve_n,
-                       path=run_dir / "study" / "fd_curve.json")
-    trainer = Trainer(run_cfg, hooks=[hook])
+    hooks = [FDCurveHook(evaluator, every=cfg.eval_every, num_samples=cfg.curve_n,
+                         path=run_dir / "study" / "fd_curve.json")] if generates else []
+    trainer = Trainer(run_cfg, hooks=hooks)
     trainer.fit()
     train_vae = trainer.recipe.train_vae
     del trainer
     if train_vae and _stale(run_dir):
         _export(run_dir)
     t1 = time.perf_counter()
-    result = evaluate_run(run_dir, evaluator)
+    result = evaluate_run(run_dir, evaluator) if generates else {}
     t2 = time.perf_counter()
     write_json(run_dir / "study" / "done.json", {  # written last: the run's "finished" marker
         "fingerprint": spec.fingerprint(cfg), "name": spec.name, "step": result.get("step") if result else None,
@@ -188,7 +189,7 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, shard: tuple[i
     if only:
         for r in selected:
             if r.depends_on and r.depends_on not in names and not is_done(plan.get(r.depends_on), cfg):
-                raise ConfigError(f"{r.name} trains on the E2E-VAE of {r.depends_on}, which is not finished: "
+                raise ConfigError(f"{r.name} trains on the tokenizer of {r.depends_on}, which is not finished: "
                                   f"run it first (--only {r.depends_on}) or together (--only {r.depends_on},{r.name})")
     check_tokenizer(cfg, plan)
     for r in selected:  # fail on a mixed-up --out before hours of training, not in the middle
@@ -205,7 +206,7 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, shard: tuple[i
             skipped.append(spec.name)
             continue
         if spec.depends_on and not is_done(plan.get(spec.depends_on), cfg):
-            progress.skip(spec, f"waiting for {spec.depends_on} (its E2E-VAE); rerun when it has finished")
+            progress.skip(spec, f"waiting for {spec.depends_on} (its tokenizer); rerun when it has finished")
             waiting.append(spec.name)
             continue
         progress.start(spec)
