@@ -205,6 +205,33 @@ def test_vae_checkpointing_gives_the_same_step(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_channels_last_gives_the_same_step_and_resumes(tmp_path):
+    plain = make_trainer(tmp_path / "a")
+    nhwc = make_trainer(tmp_path / "b", "train.channels_last=true")
+    conv = next(m for m in nhwc.tokenizer.vae.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images, labels = batch(plain)
+    for _ in range(2):
+        a, b = plain.train_step(images, labels), nhwc.train_step(images, labels)
+        for key in ("vae_loss", "sit_loss", "d_loss", "grad_norm_vae"):
+            assert abs(a[key] - b[key]) < 1e-4 * max(1.0, abs(a[key])), key
+    # Adam moves an element by ~lr whatever its gradient's size, so near-zero gradients that differ
+    # in the last bits (NHWC sums in another order) may move differently: at most 2 lr per step
+    lr = plain.cfg.optim.vae_lr
+    for (name, p), q in zip(plain.tokenizer.vae.named_parameters(), nhwc.tokenizer.vae.parameters()):
+        assert (p - q).abs().max() <= 2 * 2 * lr + 1e-7, name
+    common = ["train.channels_last=true", "train.max_steps=4", "train.checkpoint_every=2"]
+    straight = make_trainer(tmp_path / "c", *common)
+    straight.fit()
+    make_trainer(tmp_path / "d", *common).fit(max_steps=2)  # "killed" after the step-2 checkpoint
+    resumed = make_trainer(tmp_path / "d", *common)
+    resumed.fit()
+    a, b = _state(straight), _state(resumed)
+    assert resumed.step == 4 and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"channels_last resume diverged at {k}"
+
+
 @pytest.mark.slow
 def test_torch_compile_matches_eager(tmp_path):
     eager = make_trainer(tmp_path / "eager")

@@ -133,6 +133,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False
     vae_checkpointing: bool = False  # recompute VAE activations in backward (fits 32 img/GPU at 256 px)
+    channels_last: bool = False  # NHWC memory format for the VAE, LPIPS-VGG and PatchGAN convolutions
     allow_tf32: bool = True
     seed: int = 0
     output_dir: str = "runs"

@@ -162,6 +162,13 @@ class Trainer:
             self.tokenizer.requires_grad_(False)
         elif cfg.train.vae_checkpointing:
             self.tokenizer.vae.enable_gradient_checkpointing()  # diffusers: per-block recomputation
+        if cfg.train.channels_last:
+            # NHWC weights make every conv of these nets run NHWC (oneDNN / cuDNN pick the layout from
+            # the weight); the values are the same up to summation order, checkpoints are saved
+            # contiguous (standard layout) and load back into either layout
+            for net in (self.tokenizer.vae, self.lreg):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
 
     def _build_engine_parts(self) -> None:
         """EMA, DDP wrappers, compile, optimizers, the non-finite guard and the phase context."""
