@@ -29,18 +29,12 @@ dropin-repa         repa            E2E-VAE     all      drop-in, tokenizer ("E2
 counterparts are the ``repa`` and ``vanilla`` rows themselves (a frozen VAE init. with and without
 REPA is exactly those runs), so the drop-in table costs two runs per seed, not four.
 
-Budget of the default (``small``) study, estimated by :func:`estimate_seconds` (not measured end
-to end): REPA-E costs 2.0 s/step at batch 64 on the 2-core reference machine (the README main job:
-300 steps in about 10 minutes); the other recipes are scaled by the per-step cost ratios in
-:data:`STEP_COST` (``repae bench --threads 1 --steps 3 train.batch_size=32`` of each recipe on one
-shared core: repa-e 4.05-4.4 s, vae-scratch 4.36, no-normalizer 4.70, no-stopgrad 3.17,
-e2e-diffusion 3.38, no-lreg 1.92, repa 1.68-2.53, vanilla 0.20-0.26). Sampling for evaluation
-(SiT-T/1, 25 Euler steps) was measured at 0.052 s/image on the same shared core, i.e. about
-0.0125 s/image on the reference machine (the same 4.2x as the training step). With 2 seeds,
-240 steps of batch 64 and 4 FD points of 500 samples + a final evaluation on 1000 samples per run,
-the 15 runs come to about 65 min of training + 9 min of sampling + 4 min of other evaluation
-(reference, rFID, analysis) = about 78 min (``repae study --dry-run`` prints the breakdown). The
-REPA-E figure includes the main job's preview grids and diagnostics, which the study turns off.
+Budget of the default (``small``) study. :func:`estimate_seconds` predicts each run from
+:data:`STEP_COST` (median ``train_step`` seconds of each recipe at batch 64, one thread, idle
+reference machine, 2026-12-02), :data:`SAMPLE_COST` and :data:`RUN_OVERHEAD`: about 62 min for the
+15 runs, 31 per shard. Measured on 2026-12-02 (docs/study.md): 43 min wall as two one-thread
+shards (84 min of compute), so the model is optimistic about the FD-vs-step sampling; the
+progress lines rescale the ETA with the measured/predicted ratio of the finished runs.
 """
 
 from __future__ import annotations
