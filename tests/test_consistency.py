@@ -235,12 +235,12 @@ def test_learn_pos_embed_option(tmp_path):
 
 
 def test_projector_dim_option(tmp_path):
-    """model.projector_dim: 0 = the preset's width (256 on the tiny T presets), else that width; saved
-    with the run as an architecture key, so a checkpoint reloads with the head it was trained with."""
+    """model.projector_dim: 0 = the preset's width (the paper's 2048), else that width; saved with
+    the run as an architecture key, so a checkpoint reloads with the head it was trained with."""
     default = make_trainer(tmp_path)
-    assert default.sit.projectors[0][0].out_features == 256
-    wide = make_trainer(tmp_path / "w", "model.projector_dim=512")
-    assert [m.out_features for m in wide.sit.projectors[0] if hasattr(m, "out_features")][:2] == [512, 512]
+    assert default.sit.projectors[0][0].out_features == 2048
+    narrow = make_trainer(tmp_path / "n", "model.projector_dim=256")
+    assert [m.out_features for m in narrow.sit.projectors[0] if hasattr(m, "out_features")][:2] == [256, 256]
     with pytest.raises(ConfigError, match="model.projector_dim"):
         check_ranges(load_config(None, ["model.projector_dim=-1"]))
 

@@ -305,16 +305,15 @@ def test_load_official_weights_for_init_from(tmp_path):
 
     sd = random_state(official_shapes("repa", z_dims=(32,)), seed=8)
     save_training_checkpoint(tmp_path / "c.pt", sd, sd)
-    narrow = build_model("SiT-T/1", input_size=8, in_channels=4, num_classes=NUM_CLASSES, z_dims=(32,))
+    narrow = build_model("SiT-T/1", input_size=8, in_channels=4, num_classes=NUM_CLASSES, z_dims=(32,),
+                         projector_dim=256)
     with pytest.raises(KeyLayoutError, match=r"projectors.0.0.bias' \(2048,\) vs \(256,\)"):
-        load_official_weights(narrow, tmp_path / "c.pt")  # the T preset's head is 256 wide; official: 2048
-    model = build_model("SiT-T/1", input_size=8, in_channels=4, num_classes=NUM_CLASSES, z_dims=(32,),
-                        projector_dim=2048)
+        load_official_weights(narrow, tmp_path / "c.pt")  # a narrowed head vs the official 2048
+    model = build_model("SiT-T/1", input_size=8, in_channels=4, num_classes=NUM_CLASSES, z_dims=(32,))
     info = load_official_weights(model, tmp_path / "c.pt")
     assert info.layout == "repa" and torch.equal(model.state_dict()["blocks.2.mlp.fc1.weight"],
                                                  sd["blocks.2.mlp.fc1.weight"])
-    other = build_model("SiT-T/1", input_size=8, in_channels=4, num_classes=NUM_CLASSES, z_dims=(16,),
-                        projector_dim=2048)
+    other = build_model("SiT-T/1", input_size=8, in_channels=4, num_classes=NUM_CLASSES, z_dims=(16,))
     with pytest.raises(KeyLayoutError, match="projectors.0.4"):
         load_official_weights(other, tmp_path / "c.pt")
 

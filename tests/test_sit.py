@@ -145,11 +145,11 @@ def test_projector_shapes_and_architecture():
     assert [o.shape for o in outs] == [(3, 16, 16), (3, 16, 24)]
     proj = model.projectors[0]
     assert [type(m).__name__ for m in proj] == ["Linear", "SiLU", "Linear", "SiLU", "Linear"]
-    # the tiny T presets use a 256-wide head (4 x hidden); S-XL the paper's 2048 (spec 2.5)
-    assert (proj[0].in_features, proj[0].out_features, proj[2].out_features) == (64, 256, 256)
-    assert SIT_PRESETS["SiT-XL/2"].get("projector_dim", 2048) == 2048 == SiTConfig.projector_dim
-    wide = _tiny(z_dims=(16,), projector_dim=2048).projectors[0]
-    assert (wide[0].out_features, wide[2].out_features) == (2048, 2048)
+    # every preset uses the paper's 2048-wide head (spec 2.5); model.projector_dim narrows it
+    assert (proj[0].in_features, proj[0].out_features, proj[2].out_features) == (64, 2048, 2048)
+    assert SiTConfig.projector_dim == 2048
+    narrow = _tiny(z_dims=(16,), projector_dim=256).projectors[0]
+    assert (narrow[0].out_features, narrow[2].out_features) == (256, 256)
     assert _tiny().project(hidden) == []
 
 

@@ -51,7 +51,7 @@ class ModelConfig:
     encoder_depth: int = 2  # 1-based SiT block whose output is projected (paper: 8)
     qk_norm: bool = False
     learn_pos_embed: bool = False  # true = train the sin-cos table, as the official code does by accident
-    projector_dim: int = 0  # REPA MLP head width; 0 = the preset's (2048; 256 for the tiny T presets)
+    projector_dim: int = 0  # REPA MLP head width; 0 = the preset's (2048, spec 2.5)
 
 
 @dataclass
