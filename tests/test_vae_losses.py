@@ -388,6 +388,33 @@ def test_lpips_matches_reference_package(vgg_file):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_lpips_real_side_gets_no_graph(lpips_module):
+    """With a gradient on one side only, the other side runs its own VGG pass under no_grad (no
+    saved activations, no input gradient for it); values and the gradient equal the joint pass."""
+    x, y = _images(h=32, seed=5)
+    calls = []
+    hook = lpips_module.features[0].register_forward_hook(
+        lambda mod, inp, out: calls.append((inp[0].shape[0], torch.is_grad_enabled())))
+    try:
+        with torch.no_grad():
+            joint = lpips_module(x, y)
+        assert calls == [(4, False)]  # no gradient anywhere: one [2B] pass
+        calls.clear()
+        yr = y.clone().requires_grad_(True)
+        split = lpips_module(x, yr)
+        assert calls == [(2, False), (2, True)]  # the real side alone and without a graph
+        split.sum().backward()
+        calls.clear()
+        xr, yr2 = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        both = lpips_module(xr, yr2)
+        assert calls == [(4, True)]  # both sides need gradients: one joint pass
+        both.sum().backward()
+    finally:
+        hook.remove()
+    torch.testing.assert_close(split.detach(), joint, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(yr.grad, yr2.grad, rtol=1e-4, atol=1e-8)
+
+
 def test_lpips_env_var_and_key_layouts(vgg_file, monkeypatch):
     monkeypatch.setenv("REPAE_VGG16_WEIGHTS", str(vgg_file[0]))
     assert isinstance(build_perceptual("lpips"), LPIPS)

@@ -199,26 +199,44 @@ class LPIPS(_Frozen):
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
         self._freeze()
 
-    def _slices(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Channel-unit-normalised VGG features of the five slices for scaled inputs ``[n, 3, H, W]``."""
         outs, start = [], 0
         for end in LPIPS_SLICE_ENDS:
             for layer in self.features[start:end]:
                 x = layer(x)
-            outs.append(x)  # [2B, C_k, H_k, W_k]
+            outs.append(x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + LPIPS_EPS))  # [n, C_k, H_k, W_k]
             start = end
         return outs
 
+    def _scaled(self, u: torch.Tensor) -> torch.Tensor:
+        u = u.float()
+        if self.remap_inputs:
+            u = 2 * u - 1  # REPA-E quirk: [-1, 1] -> [-3, 1] (see class docstring)
+        return (u - self.shift) / self.scale  # [n, 3, H, W]
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Per-sample LPIPS distance ``[B]`` between ``a`` and ``b`` ``[B, 3, H, W]``."""
+        """Per-sample LPIPS distance ``[B]`` between ``a`` and ``b`` ``[B, 3, H, W]``.
+
+        In training one side (the real image) needs no gradient. It then gets its own VGG pass
+        under ``no_grad``: a joint ``[2B]`` pass would keep that half's activations for the backward
+        and compute its input gradient there for nothing. That is half the VGG16 backward of a
+        REPA-E step, and the activations of B images at every layer. Without gradients both sides
+        share one ``[2B]`` pass.
+        """
         with torch.autocast(device_type=a.device.type, enabled=False):
-            a, b = a.float(), b.float()
-            if self.remap_inputs:
-                a, b = 2 * a - 1, 2 * b - 1  # REPA-E quirk: [-1, 1] -> [-3, 1] (see class docstring)
-            x = (torch.cat([a, b]) - self.shift) / self.scale  # [2B, 3, H, W]; one VGG pass for both
-            total = a.new_zeros(a.shape[0])
-            for feat, w in zip(self._slices(x), self.heads):
-                norm = feat / (feat.pow(2).sum(dim=1, keepdim=True).sqrt() + LPIPS_EPS)  # [2B, C, h, w]
-                fa, fb = norm.chunk(2)
+            grads = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+            if grads and not (a.requires_grad and b.requires_grad):
+                pair = []
+                for u in (a, b):
+                    with torch.set_grad_enabled(u.requires_grad):
+                        pair.append(self._features(self._scaled(u)))
+                feats_a, feats_b = pair
+            else:
+                joint = self._features(torch.cat([self._scaled(a), self._scaled(b)]))  # one [2B] pass
+                feats_a, feats_b = zip(*(f.chunk(2) for f in joint))
+            total = a.new_zeros(a.shape[0], dtype=torch.float32)
+            for fa, fb, w in zip(feats_a, feats_b, self.heads):
                 diff = (fa - fb).pow(2)  # [B, C, h, w]
                 total = total + F.conv2d(diff, w).mean(dim=(1, 2, 3))  # head then spatial mean -> [B]
             return total
