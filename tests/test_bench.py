@@ -118,3 +118,32 @@ def test_graph_breaks_are_read_from_dynamo_counters():
     finally:
         torch._dynamo.reset()
     assert total >= 1 and reasons and all(isinstance(r, str) and len(r) <= 200 for r in reasons)
+
+
+def test_sample_mode_times_solver_and_decode_and_counts_network_calls(tmp_path, capsys):
+    """--sample N: one batch of N images with the config's sample.* settings; NFE counts the CFG doubling
+    (euler, 4 steps on t = 1, .75, .5, .25; CFG on t <= 0.5: 2 single + 2 double = 6 per sample)."""
+    out = tmp_path / "sample.json"
+    assert main([*TINY, "--sample", "3", "--json", str(out), "sample.sampler=euler", "sample.num_steps=4",
+                 "sample.cfg_scale=2.0", "sample.guidance_high=0.5"]) == 0
+    result = json.loads(out.read_text())
+    assert result["mode"] == "sample" and result["batch"] == 3 and result["nfe"] == 6
+    assert result["solver_s"] > 0 and result["decode_s"] > 0
+    assert result["sec_per_batch"] == pytest.approx(result["solver_s"] + result["decode_s"], abs=3e-4)  # each rounded to 1e-4
+    assert result["precision"] == "fp32" and "sec_per_batch=" in capsys.readouterr().out
+    assert main([*TINY, "--sample", "2", "--sample-precision", "bf16", "--json", str(out), "sample.num_steps=2",
+                 "sample.cfg_scale=1.0", "train.channels_last=true"]) == 0
+    result = json.loads(out.read_text())
+    assert (result["nfe"], result["precision"], result["channels_last"]) == (2, "bf16", True)
+
+
+def test_sample_mode_sweep_and_bad_flags(capsys):
+    assert main([*TINY, "--sample", "2", "--sweep", "sample.num_steps=1,2", "sample.cfg_scale=1.0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| sample.num_steps | s/batch | solver s | decode s | img/s | peak RSS GB |" in lines
+    for flags, match in ((["--sample", "-1"], "--sample -1"), (["--sample", "2", "--profile"], "--profile"),
+                         (["--sample", "2", "--flops"], "--flops"), (["--sample", "2", "train.recipe=vae"],
+                                                                     "trains no generator")):
+        assert main([*TINY, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("repae bench: error:") and match in err and len(err.splitlines()) == 1

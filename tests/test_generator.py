@@ -224,6 +224,44 @@ def test_resume_keeps_existing_pngs_and_existing_npz(tmp_path):
         sample_to_outputs(gen, num_samples=4, batch_size=2, seed=0, out_dir=out, **dict(SETTINGS, cfg_scale=3.0))
 
 
+def test_reduced_precision_runs_the_network_under_autocast_only(tmp_path):
+    """precision='bf16': the network sees autocast, the solver state and the output stay float32, the
+    samples are close to fp32 ones; a PNG folder remembers the precision; a bad name is refused."""
+    seen = []
+
+    class Recording(ToyModel):
+        def forward(self, x, t, y):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            out = super().forward(x, t, y)
+            return SimpleNamespace(prediction=out.prediction.bfloat16() if seen[-1] else out.prediction)
+
+    tok = ToyTokenizer()
+    fp32 = Generator(tokenizer=tok, model=Recording(), num_classes=NUM_CLASSES, resolution=RES)
+    bf16 = Generator(tokenizer=tok, model=Recording(), num_classes=NUM_CLASSES, resolution=RES, precision="bf16")
+    labels, seeds = [0, 3, 4], [5, 6, 7]
+    want = fp32.latents(labels, seeds=seeds, **SETTINGS)
+    assert set(seen) == {None}
+    seen.clear()
+    got = bf16.latents(labels, seeds=seeds, **SETTINGS)
+    assert set(seen) == {torch.bfloat16} and got.dtype == torch.float32
+    assert not torch.equal(got, want)  # the network's rounding changed something
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+    decoded = []
+    hook = tok.proj.register_forward_hook(lambda mod, inp, out: decoded.append(out.dtype))
+    images = bf16.decode(want)  # the decode runs under the same autocast
+    hook.remove()
+    assert decoded == [torch.bfloat16] and images.dtype == torch.uint8
+    assert (images.int() - fp32.decode(want).int()).abs().max() <= 4  # uint8 levels
+    sample_to_outputs(bf16, num_samples=2, batch_size=2, out_dir=tmp_path / "png", **SETTINGS)
+    import json
+
+    assert json.loads((tmp_path / "png" / "sampling.json").read_text())["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        sample_to_outputs(fp32, num_samples=2, batch_size=2, out_dir=tmp_path / "png", **SETTINGS)
+    with pytest.raises(ConfigError, match="fp32, bf16, fp16"):
+        bf16.precision = "int8"
+
+
 def test_sample_to_outputs_validates(tmp_path):
     gen = make_generator()
     with pytest.raises(ConfigError, match="nothing to write"):

@@ -23,4 +23,7 @@ def test_gpu_bench_dry_run_on_cpu(tmp_path):
     assert "done: 0 case(s) failed" in proc.stdout
     figures = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
     assert {"repae-xl2-b32-eager", "repae-xl2-b32-ckpt", "repa-xl2-b64", "repae-xl2-sweep-b8"} <= set(figures)
-    assert all(f["sec_per_step"] > 0 for f in figures.values())
+    assert {"sample-xl2-sde50-fp32", "sample-xl2-sde50-bf16", "sample-xl2-sde50-bf16-nhwc"} <= set(figures)
+    assert all(f["sec_per_step"] > 0 for name, f in figures.items() if not name.startswith("sample-"))
+    assert [figures[f"sample-xl2-sde50-{p}"]["precision"] for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    assert all(f["sec_per_batch"] > 0 and f["batch"] == 4 for n, f in figures.items() if n.startswith("sample-"))

@@ -265,3 +265,51 @@ def test_shipped_starting_tokenizer_loads_by_name(tmp_path):
     x = torch.zeros(2, 3, 32, 32)
     with torch.no_grad():
         assert tok.decode(tok.encode(x).mode()).shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# folded decoder upsampling (repae.tokenizer.upsample)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (6, 4)])
+def test_folded_upsample_equals_nearest_then_conv3x3_with_gradients(size):
+    import torch.nn.functional as F
+
+    from repae.tokenizer.upsample import upsample_conv3x3
+
+    g = torch.Generator().manual_seed(sum(size))
+    x = torch.randn(2, 5, *size, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
+    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)  # [2, 7, 2H, 2W]
+    got = upsample_conv3x3(x, w, b)
+    assert got.shape == want.shape == (2, 7, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    up = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    grads_want = torch.autograd.grad(want, (x, w, b), up)
+    grads_got = torch.autograd.grad(got, (x, w, b), up)
+    for a, c in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_vae_decoder_uses_folded_upsampling_with_the_same_state_and_output():
+    from repae.tokenizer.upsample import FoldedUpsample2D, set_folded_upsampling
+
+    torch.manual_seed(0)
+    tok = Tokenizer.from_preset("tiny-f8d4")
+    ups = [m for m in tok.vae.modules() if type(m).__name__.endswith("Upsample2D")]
+    assert len(ups) == 3 and all(isinstance(m, FoldedUpsample2D) for m in ups)  # f8: three x2 upsamplings
+    keys = list(tok.vae.state_dict())
+    z = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        folded = tok.decode(z)
+        assert set_folded_upsampling(tok.vae, False) == 3
+        assert not any(isinstance(m, FoldedUpsample2D) for m in tok.vae.modules())
+        plain = tok.decode(z)
+        set_folded_upsampling(tok.vae, True)
+        tok.vae.to(memory_format=torch.channels_last)
+        nhwc = tok.decode(z)
+    assert list(tok.vae.state_dict()) == keys
+    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nhwc, plain, rtol=1e-5, atol=1e-5)

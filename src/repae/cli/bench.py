@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="append", default=None, metavar="KEY=V1,V2,...",
                         help="run the bench once per value of one config key (fresh trainer each) and print "
                              "a markdown table, e.g. --sweep train.batch_size=8,16,32")
+    parser.add_argument("--sample", type=int, default=0, metavar="N",
+                        help="bench sampling instead of training: seconds per batch of N images (solver with the "
+                             "config's sample.* settings, then decode), median of --steps batches")
+    parser.add_argument("--sample-precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="with --sample: the network's autocast precision (as `repae sample --precision`)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides (model.preset=SiT-B/2 ...)")
 
 
@@ -77,6 +82,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--steps {args.steps} must be >= 1 (the timed steps)")
     if args.warmup < 0:
         raise ConfigError(f"--warmup {args.warmup} must be >= 0")
+    if args.sample < 0:
+        raise ConfigError(f"--sample {args.sample} must be >= 1 (images per batch), or leave it out to bench training")
+    if args.sample and (args.profile or args.flops):
+        raise ConfigError("--profile and --flops measure a training step; leave them out with --sample")
     if args.sweep and len(args.sweep) > 1:
         raise ConfigError("--sweep given more than once: sweep one key per run (--sweep KEY=V1,V2,...)")
 
@@ -86,12 +95,17 @@ def _config(args: argparse.Namespace, tmp: Path, extra: list[str]):
     overrides = [f"train.output_dir={tmp}", "train.resume=false", "train.report_to=none", *args.overrides, *extra]
     cfg = load_config(args.config, overrides)
     cfg.align.encoder_weights = []
-    if cfg.loss.perceptual == "lpips" and not cfg.loss.vgg_weights:
+    if cfg.loss.perceptual == "lpips" and not cfg.loss.vgg_weights and not getattr(args, "sample", 0):
         cfg.loss.vgg_weights = _random_vgg(tmp)
     return cfg
 
 
 def _bench(cfg, args: argparse.Namespace) -> dict:
+    if args.sample:
+        from repae.sampling.bench import bench_sampling
+
+        return bench_sampling(cfg, batch=args.sample, steps=args.steps, warmup=args.warmup, device=args.device,
+                              precision=args.sample_precision, channels_last=cfg.train.channels_last)
     return bench(cfg, steps=args.steps, warmup=args.warmup, device=args.device, count_flops=args.flops,
                  peak_tflops=args.peak_tflops, profile=args.profile, profile_top=args.profile_top)
 
@@ -144,16 +158,18 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     return format(row[key], fmt) if row.get(key) is not None else "–"
 
 
-def sweep_table(key: str, rows: list[dict], *, gpu: bool, flops: bool) -> list[str]:
+def sweep_table(key: str, rows: list[dict], *, gpu: bool, flops: bool, sample: bool = False) -> list[str]:
     """The markdown cost table of a sweep: one line per value, ``OOM`` where a value ran out of memory."""
-    head = [key, "s/step", "img/s", "peak RSS GB", *(["peak GPU GB"] if gpu else []),
+    timing = ["s/batch", "solver s", "decode s"] if sample else ["s/step"]
+    head = [key, *timing, "img/s", "peak RSS GB", *(["peak GPU GB"] if gpu else []),
             *(["TFLOP/step", "achieved TFLOP/s", "MFU"] if flops else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = ("sec_per_batch", "solver_s", "decode_s") if sample else ("sec_per_step",)
     for row in rows:
         if row.get("oom"):
             cells = ["OOM"] + [""] * (len(head) - 2)
         else:
-            cells = [_cell(row, "sec_per_step", ".4f"), _cell(row, "img_per_s", ".2f"),
+            cells = [*(_cell(row, k, ".4f") for k in keys), _cell(row, "img_per_s", ".2f"),
                      _cell(row, "peak_rss_gb", ".2f"), *([_cell(row, "peak_gpu_mem_gb", ".2f")] if gpu else []),
                      *([_cell(row, "tflop_per_step", ".3f"), _cell(row, "achieved_tflops", ".2f"),
                         f"{100 * row['mfu']:.1f} %" if row.get("mfu") is not None else "–"] if flops else [])]
@@ -192,8 +208,11 @@ def _run_sweep(args: argparse.Namespace, tmp: Path) -> list[dict]:
         rows.append(row)
     done = [r for r in rows if not r.get("oom")]
     where = done[0]["device"] if done else (args.device or "default device")
-    print(f"\n{key} sweep ({args.config}, {where}, threads={done[0]['threads'] if done else '?'}; "
-          f"median of {args.steps} steps after {args.warmup} warm-up; a fresh trainer per value, one process)")
+    what = (f"median of {args.steps} batches of {args.sample} images after {args.warmup} warm-up; a fresh "
+            "generator per value" if args.sample else
+            f"median of {args.steps} steps after {args.warmup} warm-up; a fresh trainer per value")
+    print(f"\n{key} sweep ({args.config}, {where}, threads={done[0]['threads'] if done else '?'}; {what}, "
+          "one process)")
     if rss_reset:
         print("peak RSS: process peak during each value (the mark is reset before each one via "
               "/proc/self/clear_refs; memory the allocator kept from earlier values still counts)")
@@ -201,7 +220,7 @@ def _run_sweep(args: argparse.Namespace, tmp: Path) -> list[dict]:
         print("peak RSS: process high-water mark since start (getrusage; it never goes down, so a value's "
               "figure includes the peaks of the values before it)")
     print()
-    print("\n".join(sweep_table(key, rows, gpu=gpu, flops=args.flops)))
+    print("\n".join(sweep_table(key, rows, gpu=gpu, flops=args.flops, sample=bool(args.sample))))
     return rows
 
 

@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             ref = compute_reference(source, extractor, batch_size=args.batch_size, progress=progress)
         if args.checkpoint:
             gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device, **official_kwargs(args))
+            gen.precision = args.precision
             num_classes = args.num_classes or getattr(gen, "num_classes", None)
             if not num_classes:
                 raise ConfigError("the generator does not expose num_classes; pass --num-classes")
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             source = sample_stream(gen, labels, batch_size=args.batch_size, seed=args.seed, call_kwargs=call_kwargs)
             result = evaluate_samples(source, ref, extractor, batch_size=args.batch_size, labels=labels.numpy(),
                                       progress=progress)
-            result.update(checkpoint=args.checkpoint, seed=args.seed, **call_kwargs)
+            result.update(checkpoint=args.checkpoint, seed=args.seed, sampling_precision=gen.precision, **call_kwargs)
         else:
             result = evaluate_samples(args.samples, ref, extractor, batch_size=args.batch_size,
                                       max_images=args.num_samples, progress=progress)

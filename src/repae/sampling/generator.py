@@ -111,6 +111,10 @@ def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+# network precision of sampling -> autocast dtype (None: no autocast)
+SAMPLING_PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class Generator:
     """Class-conditional image generator: noise -> solver -> denormalise -> decode (spec 6.3).
 
@@ -122,12 +126,18 @@ class Generator:
             the SDE sampler uses it (score from velocity). Default ``"linear"``.
         num_classes: number of classes K; the null label is K. Default: ``model.config.num_classes``.
         resolution: image side in pixels (default 256); latents have ``tokenizer.latent_shape(resolution)``.
+        precision: ``"fp32"`` (default, like generate.py), ``"bf16"`` or ``"fp16"``: the network's
+            forward and the VAE decode run under ``torch.autocast`` of that dtype and their outputs
+            are cast back to float32, so the solver state stays float32/float64 and only the
+            networks' arithmetic is reduced (issue 13). On GPUs with bf16 tensor cores and on CPUs
+            with AMX-bf16 this is the large sampling speed-up; the samples differ from fp32 ones by
+            the networks' rounding (docs/benchmarks.md has the figures).
 
     Modules are switched to eval mode for each call and their flags restored afterwards.
     """
 
     def __init__(self, *, tokenizer: Any, model: torch.nn.Module, path: Any = "linear",
-                 num_classes: int | None = None, resolution: int = 256):
+                 num_classes: int | None = None, resolution: int = 256, precision: str = "fp32"):
         if num_classes is None:
             num_classes = getattr(getattr(model, "config", None), "num_classes", None)
             if num_classes is None:
@@ -139,6 +149,32 @@ class Generator:
         self.resolution = int(resolution)
         self.latent_shape = tuple(int(s) for s in tokenizer.latent_shape(self.resolution))  # (C, h, w)
         self.sample_defaults = None  # a SampleConfig when built from a run (from_checkpoint / from_trainer)
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in SAMPLING_PRECISIONS:
+            raise ConfigError(f"sampling precision {value!r} is unknown; use one of: {', '.join(SAMPLING_PRECISIONS)}")
+        self._precision = value
+
+    def _network_fn(self):
+        """``model_fn(x_t, t, y) -> v`` float32, the forward under autocast when ``precision`` is reduced."""
+        fn = model_velocity_fn(self.model)
+        dtype = SAMPLING_PRECISIONS[self.precision]
+        if dtype is None:
+            return fn
+        device_type = self.device.type
+
+        def reduced(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=device_type, dtype=dtype):
+                out = fn(x_t, t, y)
+            return out.float()  # [B, C, h, w]; the solver's arithmetic stays fp32 / fp64
+
+        return reduced
 
     # -- construction from a run ----------------------------------------------------------
 
@@ -242,11 +278,11 @@ class Generator:
         x1, gens = self._initial_noise(labels.numel(), seeds, noise)  # [B, C, h, w] float32
         with _eval_mode(self.model):
             if ddpm:  # DiT: eps + variance network, respaced DDPM / DDIM on the 1000-step process
-                fn = guided_denoiser(model_velocity_fn(self.model), labels.to(self.device), cfg_scale=cfg_scale,
+                fn = guided_denoiser(self._network_fn(), labels.to(self.device), cfg_scale=cfg_scale,
                                      interval=guidance_interval, null_label=self.num_classes)
                 return get_ddpm_sampler(sampler)(fn, x1, num_steps=num_steps, generator=gens,
                                                  progress=progress)  # [B, C, h, w]
-            velocity_fn = guided_velocity(model_velocity_fn(self.model), labels.to(self.device),
+            velocity_fn = guided_velocity(self._network_fn(), labels.to(self.device),
                                           cfg_scale=cfg_scale, interval=guidance_interval,
                                           null_label=self.num_classes)
             return get_solver(sampler)(velocity_fn, x1, num_steps=num_steps, generator=gens, progress=progress,
@@ -267,10 +303,12 @@ class Generator:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, C, h, w] -> uint8 images [B, 3, H, W] (spec 6.3: denormalise, decode, truncate)."""
         modules = [self.tokenizer] if isinstance(self.tokenizer, torch.nn.Module) else []
+        dtype = SAMPLING_PRECISIONS[self.precision]
         with _eval_mode(*modules):
             z_raw = self.tokenizer.normalizer.denormalize(z.float())  # [B, C, h, w]
-            image = self.tokenizer.decode(z_raw)  # [B, 3, H, W] ~[-1, 1]
-        return unit_to_uint8(image)  # truncation, like generate.py (spec 11.24)
+            with torch.autocast(device_type=z_raw.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                image = self.tokenizer.decode(z_raw)  # [B, 3, H, W] ~[-1, 1]
+        return unit_to_uint8(image.float())  # truncation, like generate.py (spec 11.24)
 
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor | Sequence[int], *, sampler: str = "euler", num_steps: int = 50,
@@ -437,8 +475,11 @@ def sample_to_outputs(generator: Generator, *, num_samples: int, batch_size: int
                                       guidance_interval=guidance_interval))
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        _check_folder_settings(folder, dict(job.sample_kw, guidance_interval=list(guidance_interval), seed=seed,
-                                            labels="custom" if custom_labels else "sample_labels"), rank)
+        settings = dict(job.sample_kw, guidance_interval=list(guidance_interval), seed=seed,
+                        labels="custom" if custom_labels else "sample_labels")
+        if generator.precision != "fp32":  # fp32 folders keep the record they always had
+            settings["precision"] = generator.precision
+        _check_folder_settings(folder, settings, rank)
         return job.to_folder(folder, npz_path)
     return job.in_memory(npz_path)
 
