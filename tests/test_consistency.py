@@ -185,8 +185,10 @@ def _documented_values() -> list[tuple[str, str]]:
     cfg = RunConfig()
     for section in dataclasses.fields(cfg):
         for f in dataclasses.fields(getattr(cfg, section.name)):
-            if str(f.type) == "bool" or f.type is bool:
+            if str(f.type) in ("bool", "bool | str") or f.type is bool:
                 values += [(f"{section.name}.{f.name}", w) for w in ("true", "false", "yes", "no", "on", "off")]
+            if str(f.type) == "bool | str":  # a switch with "auto"
+                values.append((f"{section.name}.{f.name}", "auto"))
     return values
 
 

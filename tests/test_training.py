@@ -205,11 +205,25 @@ def test_vae_checkpointing_gives_the_same_step(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_channels_last_auto_means_on_for_a_cpu():
+    from repae.config import resolve_channels_last
+
+    assert resolve_channels_last("auto", "cpu") and not resolve_channels_last("auto", "cuda")
+    assert resolve_channels_last("yes", "cuda") and not resolve_channels_last(False, "cpu")
+    with pytest.raises(ConfigError, match="true, false or auto"):
+        resolve_channels_last("nchw", "cpu")
+    from repae.config import load_config
+
+    with pytest.raises(ConfigError, match="train.channels_last expects true, false or auto, got 'nchw'"):
+        load_config(None, ["train.channels_last=nchw"])
+
+
 def test_channels_last_gives_the_same_step_and_resumes(tmp_path):
-    plain = make_trainer(tmp_path / "a")
-    nhwc = make_trainer(tmp_path / "b", "train.channels_last=true")
-    conv = next(m for m in nhwc.tokenizer.vae.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = make_trainer(tmp_path / "a", "train.channels_last=false")
+    nhwc = make_trainer(tmp_path / "b")  # auto: on for a CPU
+    for trainer, want in ((nhwc, True), (plain, False)):
+        conv = next(m for m in trainer.tokenizer.vae.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == want
     images, labels = batch(plain)
     for _ in range(2):
         a, b = plain.train_step(images, labels), nhwc.train_step(images, labels)

@@ -133,7 +133,9 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False
     vae_checkpointing: bool = False  # recompute VAE activations in backward (fits 32 img/GPU at 256 px)
-    channels_last: bool = False  # NHWC memory format for the VAE, LPIPS-VGG and PatchGAN convolutions
+    # NHWC memory format for the VAE, LPIPS-VGG and PatchGAN convolutions: true | false | auto
+    # (auto = on for a CPU, where it was measured faster, off on CUDA until measured there)
+    channels_last: bool | str = "auto"
     allow_tf32: bool = True
     seed: int = 0
     output_dir: str = "runs"
@@ -199,6 +201,14 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in _BOOL_WORDS:
             return _BOOL_WORDS[value.lower()]
         raise ConfigError(f"{where} expects true/false, got {value!r}")
+    if text == "bool | str":  # a switch with "auto" (train.channels_last)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
+        if value == "auto":
+            return value
+        raise ConfigError(f"{where} expects true, false or auto, got {value!r}")
     if target_type is int or text == "int":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{where} expects an integer, got {value!r}")
@@ -247,6 +257,17 @@ def from_dict(raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
             raise ConfigError(f"config section '{section}' must be a mapping")
         _apply(getattr(cfg, section), values, f"{section}.")
     return cfg
+
+
+def resolve_channels_last(value: bool | str, device_type: str) -> bool:
+    """``train.channels_last`` (true / false / auto) for a device type; ConfigError naming the values."""
+    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        value = _BOOL_WORDS[value.lower()]
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return device_type == "cpu"
+    raise ConfigError(f"train.channels_last must be true, false or auto, got {value!r}")
 
 
 def available_presets() -> list[str]:

@@ -105,7 +105,7 @@ def _bench(cfg, args: argparse.Namespace) -> dict:
         from repae.sampling.bench import bench_sampling
 
         return bench_sampling(cfg, batch=args.sample, steps=args.steps, warmup=args.warmup, device=args.device,
-                              precision=args.sample_precision, channels_last=cfg.train.channels_last)
+                              precision=args.sample_precision, channels_last=cfg.train.channels_last)  # true/false/auto
     return bench(cfg, steps=args.steps, warmup=args.warmup, device=args.device, count_flops=args.flops,
                  peak_tflops=args.peak_tflops, profile=args.profile, profile_top=args.profile_top)
 

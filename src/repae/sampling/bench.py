@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from repae.config import resolve_channels_last
 from repae.errors import ConfigError
 from repae.sampling.generator import SAMPLING_PRECISIONS, Generator, sample_labels, sample_seeds
 from repae.training.bench import _peak_rss_gb
@@ -44,7 +45,7 @@ def build_random_generator(cfg, *, device: torch.device, precision: str = "fp32"
 
 
 def bench_sampling(cfg, *, batch: int, steps: int = 3, warmup: int = 1, device: str | None = None,
-                   precision: str = "fp32", channels_last: bool = False) -> dict:
+                   precision: str = "fp32", channels_last: bool | str = False) -> dict:
     """Median seconds per batch of ``batch`` images with ``cfg.sample``'s sampler settings.
 
     Returns the figures as a dict: ``sec_per_batch`` (solver + decode), ``solver_s``, ``decode_s``
@@ -61,6 +62,7 @@ def bench_sampling(cfg, *, batch: int, steps: int = 3, warmup: int = 1, device: 
         torch.cuda.reset_peak_memory_stats()
         torch.backends.cuda.matmul.allow_tf32 = True  # as `repae sample` (and generate.py) by default
         torch.backends.cudnn.allow_tf32 = True
+    channels_last = resolve_channels_last(channels_last, dev.type)
     gen = build_random_generator(cfg, device=dev, precision=precision, channels_last=channels_last)
     s = cfg.sample
     gen.check_sampler(s.sampler)

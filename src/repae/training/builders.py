@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repae.config import RunConfig
+from repae.config import RunConfig, resolve_channels_last
 from repae.errors import ConfigError
 from repae.training.recipes import Recipe, get_recipe
 
@@ -19,6 +19,7 @@ def validate_config(cfg: RunConfig) -> Recipe:
     from repae.tokenizer.vae import get_vae_config
 
     recipe = get_recipe(cfg.train.recipe)
+    resolve_channels_last(cfg.train.channels_last, "cpu")  # true / false / auto, else one line naming them
     vae_cfg = get_vae_config(cfg.tokenizer.preset)
     if cfg.model.preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown model.preset '{cfg.model.preset}'; choose one of: {', '.join(MODEL_PRESETS)}")

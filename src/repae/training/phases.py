@@ -26,6 +26,7 @@ bit-exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -97,6 +98,14 @@ def frozen_call(module: nn.Module, *args, **kwargs):
     return functional_call(module, params, args, kwargs, strict=False)
 
 
+def frozen_projections(sit: AlignedSiT, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                       depth: int) -> list[torch.Tensor]:
+    """The VAE-alignment pass: the frozen SiT's projections at block ``depth`` (the forward stops
+    there). One function so that ``train.compile`` can compile it (:class:`PhaseContext.frozen_sit`)."""
+    _, projections = frozen_call(sit, x_t, t, y, align_depth=depth, stop_at_hidden=True)
+    return projections  # list of [b, T, D_enc]
+
+
 # --- randomness of one step ------------------------------------------------------------------
 
 
@@ -153,6 +162,7 @@ class PhaseContext:
     num_classes: int
     tokreg: nn.Module | None = None  # TokenizerRegularizer (unwrapped), None when all are off
     vf_encoder: nn.Module | None = None  # frozen foundation model of the VF loss
+    frozen_sit: Callable = frozen_projections  # (sit, x_t, t, y, depth) -> projections; compiled with train.compile
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -196,9 +206,7 @@ def vae_phase(ctx: PhaseContext, images, labels, targets, rnd: StepRandomness, s
     if ctx.recipe.vae_align:
         z_n = ctx.tokenizer.normalizer.normalize(z, update=False)  # running statistics, no update
         noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
-        _, projections = frozen_call(
-            ctx.sit_unwrapped, noised.x_t, noised.t, labels, align_depth=ctx.encoder_depth, stop_at_hidden=True
-        )
+        projections = ctx.frozen_sit(ctx.sit_unwrapped, noised.x_t, noised.t, labels, ctx.encoder_depth)
         align = repa_loss(projections, targets)
         loss = loss + ctx.vae_align_coeff * align
         metrics["vae_align_loss"] = align.detach()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from repae.config import RunConfig
+from repae.config import RunConfig, resolve_channels_last
 from repae.errors import ConfigError
 from repae.models.projectors import normalize_targets
 from repae.training import phases
@@ -162,7 +162,7 @@ class Trainer:
             self.tokenizer.requires_grad_(False)
         elif cfg.train.vae_checkpointing:
             self.tokenizer.vae.enable_gradient_checkpointing()  # diffusers: per-block recomputation
-        if cfg.train.channels_last:
+        if resolve_channels_last(cfg.train.channels_last, dev.type):
             # NHWC weights make every conv of these nets run NHWC (oneDNN / cuDNN pick the layout from
             # the weight); the values are the same up to summation order, checkpoints are saved
             # contiguous (standard layout) and load back into either layout
@@ -210,6 +210,10 @@ class Trainer:
             vae_align_coeff=cfg.align.vae_align_coeff, num_classes=cfg.model.num_classes,
             tokreg=self.tokreg, vf_encoder=self.vf_encoder,
         )
+        if cfg.train.compile:  # the passes outside the DDP-wrapped modules: the frozen SiT and the perceptual net
+            self.ctx.frozen_sit = torch.compile(phases.frozen_projections)
+            if self.lreg is not None:
+                self.lreg.perceptual.compile()  # in place: the module and its state-dict keys stay
 
     def _vae_params(self) -> list[torch.nn.Parameter]:
         """What the VAE optimizer updates: the VAE and the tokenizer regularisers' parameters."""
