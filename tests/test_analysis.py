@@ -9,7 +9,7 @@ import torch
 
 from repae.analysis import cknna as ck
 from repae.analysis.dct import blockwise_dct, blockwise_idct, combine_spectra, dct_matrix, dct_spectrum, zigzag_order
-from repae.analysis.latent_stats import latent_stats, spatial_variance, total_variation
+from repae.analysis.latent_stats import image_variance, latent_stats, spatial_variance, total_variation
 from repae.analysis.pca import pca_rgb
 from repae.errors import ConfigError
 
@@ -115,6 +115,77 @@ def test_smooth_latent_has_low_ratio():
     y = torch.linspace(0, 1, 32)
     smooth = (y[:, None] + y[None, :]).expand(2, 3, 32, 32)
     assert latent_stats(smooth).tv_over_sqrt_sv < 0.3
+
+
+# --- image variance (between images; REPA-E section 3's collapse) --------------------------------
+
+
+def test_image_variance_flat_latent_is_zero():
+    z = torch.full((6, 3, 4, 4), 0.1)  # every image the same constant: SV = IV = 0, IVF := 0 (flat)
+    s = latent_stats(z)
+    assert s.image_variance == pytest.approx(0.0, abs=1e-20) and s.spatial_variance == pytest.approx(0.0, abs=1e-20)
+    assert s.image_variance_fraction == 0.0
+    # flat within each image but the level follows the image: still IV = 0 (the per-image offset is removed)
+    levels = torch.randn(6, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+    s = latent_stats(levels.expand(6, 3, 4, 4))
+    assert s.image_variance == pytest.approx(0.0, abs=1e-20) and s.image_variance_fraction == 0.0
+
+
+def test_image_variance_fixed_pattern_is_zero_while_sv_stays_large():
+    g = torch.Generator().manual_seed(0)
+    pattern = 3.0 * torch.randn(4, 8, 8, generator=g)  # [C, h, w] the same map for every image
+    offsets = torch.randn(16, 4, 1, 1, generator=g)  # per-image, per-channel levels (ignored like in SV)
+    s = latent_stats(pattern.expand(16, 4, 8, 8) + offsets)
+    assert s.spatial_variance > 5.0  # Var 9 per entry: within-image variance is large
+    assert s.image_variance == pytest.approx(0.0, abs=1e-12)
+    assert s.image_variance_fraction == pytest.approx(0.0, abs=1e-12)
+    assert s.pattern_variance == pytest.approx(s.spatial_variance, rel=1e-12)
+
+
+def test_image_variance_iid_latent_fraction_is_n_minus_1_over_n():
+    # i.i.d. N(0, 1): IV and PV are independent sum-of-squares terms of a two-way layout (interaction,
+    # positions), so IVF ~ Beta(C (N-1)(P-1) / 2, C (P-1) / 2) exactly, mean (N-1)/N, sd ~ 7e-4 here
+    N, C, h, w = 64, 4, 16, 16
+    a_, b_ = C * (N - 1) * (h * w - 1) / 2, C * (h * w - 1) / 2
+    sd = math.sqrt(a_ * b_ / ((a_ + b_) ** 2 * (a_ + b_ + 1)))
+    z = torch.randn(N, C, h, w, generator=torch.Generator().manual_seed(0))
+    s = latent_stats(z)
+    assert s.image_variance_fraction == pytest.approx((N - 1) / N, abs=4 * sd)
+    assert s.image_variance + s.pattern_variance == pytest.approx(s.spatial_variance, rel=1e-12)  # SV = IV + PV
+    iv, pv = image_variance(z)
+    assert iv.shape == pv.shape == (C,) and float(iv.mean()) == pytest.approx(s.image_variance)
+    # a z + b: IV scales with a^2, the fraction is unchanged
+    t = latent_stats(2.5 * z - 4.0)
+    assert t.image_variance == pytest.approx(6.25 * s.image_variance, rel=1e-9)
+    assert t.image_variance_fraction == pytest.approx(s.image_variance_fraction, rel=1e-9)
+
+
+def test_image_variance_mixed_pattern_and_noise_exact_and_in_expectation():
+    g = torch.Generator().manual_seed(0)
+    N, C, h, w, a, b = 32, 3, 8, 8, 1.5, 0.7
+    u = torch.randn(C, h, w, generator=g, dtype=torch.float64)  # shared pattern
+    var_u = float(u.flatten(1).var(dim=1, unbiased=False).mean())  # mean_c Var_p u (population)
+    # exact: e[2k] = m_k, e[2k+1] = -m_k with m_k a balanced +-1 map: at every position mean_n e = 0 and
+    # Var_n e = 1, every image has spatial mean 0 -> IV = b^2, PV = a^2 Var_p u, IVF = b^2 / (a^2 Var_p u + b^2)
+    m = torch.ones(N // 2, C, h * w, dtype=torch.float64)
+    m[:, :, : h * w // 2] = -1.0
+    m = torch.stack([row[torch.randperm(h * w, generator=g)] for row in m.flatten(0, 1)]).view(N // 2, C, h, w)
+    e = torch.stack([m, -m], dim=1).reshape(N, C, h, w)
+    s = latent_stats(a * u + b * e)
+    assert s.image_variance == pytest.approx(b**2, rel=1e-9)
+    assert s.pattern_variance == pytest.approx(a**2 * var_u, rel=1e-9)
+    assert s.image_variance_fraction == pytest.approx(b**2 / (a**2 * var_u + b**2), rel=1e-9)
+    # Gaussian per-image noise: E IV = b^2 (N-1)(P-1)/(N P), E SV = a^2 Var_p u + b^2 (P-1)/P
+    N, P = 512, h * w
+    z = a * u + b * torch.randn(N, C, h, w, generator=g, dtype=torch.float64)
+    expected = b**2 * (N - 1) * (P - 1) / (N * P) / (a**2 * var_u + b**2 * (P - 1) / P)
+    assert latent_stats(z).image_variance_fraction == pytest.approx(expected, rel=0.02)
+
+
+def test_image_variance_needs_two_images():
+    s = latent_stats(torch.randn(1, 2, 4, 4))
+    assert math.isnan(s.image_variance) and math.isnan(s.image_variance_fraction)
+    assert s.spatial_variance > 0
 
 
 # --- PCA ---------------------------------------------------------------------------------------

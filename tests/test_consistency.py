@@ -179,7 +179,7 @@ def _documented_values() -> list[tuple[str, str]]:
     values += [("tokenizer.preset", p) for p in VAE_PRESETS] + [("sample.sampler", s) for s in SOLVERS]
     from repae.sampling.ddpm import DDPM_SAMPLERS
 
-    values += [("sample.sampler", s) for s in DDPM_SAMPLERS] + [("align.projector", p) for p in ("mlp", "conv")]
+    values += [("sample.sampler", s) for s in (*DDPM_SAMPLERS, "auto")] + [("align.projector", p) for p in ("mlp", "conv")]
     values += [("align.target_norm", p) for p in ("none", "spatial")]
     values += [("align.encoders", f"[{e}]") for e in ENCODERS]
     cfg = RunConfig()

@@ -291,7 +291,7 @@ def test_cli_evaluate_streams_from_checkpoint(tmp_path, monkeypatch, capsys, fmn
     res = json.loads(out.read_text())
     assert res["num_samples"] == 50 and res["class_accuracy"] > 0.8 and res["cfg_scale"] == 1.5
     assert [c[0] for c in calls] == [20, 20, 10] and calls[0][2]["cfg_scale"] == 1.5
-    assert calls[0][2]["sampler"] == "euler"  # unset flags: the (here default) sample config
+    assert calls[0][2]["sampler"] == "auto"  # unset flags: the default sample config (the model picks)
     assert "fid" in capsys.readouterr().out
 
 

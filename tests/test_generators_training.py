@@ -35,10 +35,28 @@ def test_dit_ddim_is_deterministic_and_flow_solver_is_refused(tmp_path):
 
 
 def test_sampler_model_mismatch_fails_before_building(tmp_path):
-    with pytest.raises(ConfigError, match=r"sample.sampler='euler' cannot sample DiT-T/1.*ddpm, ddim"):
-        make_trainer(tmp_path, "model.preset=DiT-T/1")
+    with pytest.raises(ConfigError, match=r"sample.sampler='euler' cannot sample DiT-T/1.*ddim, ddpm"):
+        make_trainer(tmp_path, "model.preset=DiT-T/1", "sample.sampler=euler")
     with pytest.raises(ConfigError, match=r"sample.sampler='ddpm' cannot sample SiT-T/1"):
         make_trainer(tmp_path, "sample.sampler=ddpm")
+
+
+@pytest.mark.parametrize("preset,sampler", [("SiT-T/1", "euler"), ("LightningDiT-T/1", "euler"), ("DiT-T/1", "ddim")])
+def test_unset_sampler_follows_the_model(preset, sampler, capsys):
+    from repae.cli import main
+    from repae.config import load_config
+    from repae.training.builders import validate_config
+
+    cfg = load_config("tiny-fmnist", [f"model.preset={preset}"])
+    assert cfg.sample.sampler == "auto"  # neither the dataclass nor the default preset names one
+    validate_config(cfg)  # resolved in place: what the run saves in config.json and its checkpoints
+    assert cfg.sample.sampler == sampler and cfg.sample.num_steps == 50
+    assert main(["config", f"model.preset={preset}"]) == 0
+    assert f'"sampler": "{sampler}"' in capsys.readouterr().out
+    explicit = load_config("tiny-fmnist", [f"model.preset={preset}", "sample.sampler=heun" if sampler == "euler"
+                                           else "sample.sampler=ddpm"])
+    validate_config(explicit)  # a named sampler of the right family is kept
+    assert explicit.sample.sampler == ("heun" if sampler == "euler" else "ddpm")
 
 
 @pytest.mark.parametrize("projector,norm", [("conv", "spatial"), ("mlp", "spatial"), ("conv", "none")])

@@ -44,9 +44,10 @@ def test_health_scalars_are_logged(tiny_run):
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("spatial_variance", "total_variation", "tv_over_sqrt_sv", "spatial_variance_normalized",
                 "norm_std_mean", "norm_batch_over_running_std", "align_cos_vae", "align_cos_sit", "cknna",
-                "latent_cknna", "sv_drop"):
+                "latent_cknna", "sv_drop", "image_variance", "image_variance_fraction", "image_variance_drop"):
         assert all(isinstance(r[f"health/{key}"], float) for r in rows), key
-    assert rows[0]["health/sv_drop"] == 1.0
+    assert rows[0]["health/sv_drop"] == 1.0 and rows[0]["health/image_variance_drop"] == 1.0
+    assert all(0 < r["health/image_variance_fraction"] <= 1 and r["health/image_variance"] > 0 for r in rows)
     assert -1 <= rows[-1]["health/align_cos_vae"] <= 1 and -1 <= rows[-1]["health/cknna"] <= 1
 
 
@@ -60,6 +61,61 @@ def test_health_warns_on_collapse(tiny_run, caplog):
         caplog.clear()
         health.on_step(trainer, 4, {})
     assert "collapsing" not in caplog.text  # warned once
+
+
+def test_health_warns_on_fixed_pattern_collapse(caplog):
+    """SV stays put while every image maps to the same latent: only the image-variance warning fires."""
+    from repae.analysis.health import LatentHealthHook
+
+    def scalars(iv, frac):
+        return {"health/spatial_variance": 16.0, "health/image_variance": iv, "health/image_variance_fraction": frac}
+
+    for later in (scalars(0.05, 0.6), scalars(5.0, 0.01)):  # a 100x drop of IV; IV/SV below 0.05 from 0.6
+        hook = LatentHealthHook(every=1)
+        hook._batch = {}  # set up: on_step only measures
+        seq = iter([scalars(9.6, 0.6), later, later])
+        hook.measure = lambda trainer: dict(next(seq))
+        with caplog.at_level(logging.WARNING, logger="repae.health"):
+            caplog.clear()
+            first = hook.on_step(None, 1, {})
+            out = hook.on_step(None, 2, {})
+        assert first["health/image_variance_drop"] == 1.0 and out["health/sv_drop"] == 1.0
+        assert "same latent" in caplog.text and "spatial variance fell" not in caplog.text
+        assert out["health/image_variance_drop"] == pytest.approx(9.6 / later["health/image_variance"])
+        with caplog.at_level(logging.WARNING, logger="repae.health"):
+            caplog.clear()
+            hook.on_step(None, 3, {})
+        assert "same latent" not in caplog.text  # warned once
+
+
+def test_study_backfills_image_variance_into_an_old_analysis(tiny_run, tmp_path):
+    import shutil
+
+    from repae.study.measure import IMAGE_VARIANCE_FIELDS, StudyEvaluator, backfill_image_variance, collect_run
+    from repae.study.plan import StudyConfig
+
+    run, _, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("e2e-vae", "samples", "*.html", "*.png"))
+    path = copy / "analysis" / "analysis.json"
+    analysis = json.loads(path.read_text())
+    for stats in analysis["inputs"][0]["stats"].values():  # as written before the measure existed
+        for f in IMAGE_VARIANCE_FIELDS:
+            stats.pop(f)
+    path.write_text(json.dumps(analysis))
+    before = analysis["inputs"][0]["stats"]["raw"]
+    evaluator = StudyEvaluator(StudyConfig(analysis_images=24), torch.device("cpu"))  # the quick analysis' set
+    assert backfill_image_variance(copy, evaluator)
+    raw = json.loads(path.read_text())["inputs"][0]["stats"]["raw"]
+    assert {k: raw[k] for k in before} == before  # nothing else rewritten
+    assert raw["image_variance"] > 0 and 0 < raw["image_variance_fraction"] <= 1
+    assert raw["image_variance"] + raw["pattern_variance"] == pytest.approx(raw["spatial_variance"], rel=1e-6)
+    assert not backfill_image_variance(copy, evaluator)  # nothing missing any more
+    (copy / "eval").mkdir(exist_ok=True)
+    (copy / "eval" / "step-0000002.json").write_text(json.dumps({"fid": 50.0, "step": 2}))
+    res = collect_run(copy)
+    assert res["latent_image_variance"] == raw["image_variance"]
+    assert res["latent_image_variance_fraction"] == raw["image_variance_fraction"]
 
 
 def test_report_is_self_contained_with_images(tiny_run):

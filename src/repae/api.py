@@ -22,13 +22,15 @@ from repae.config import RunConfig, from_dict, load_config, parse_override
 
 def default_hooks(cfg: RunConfig) -> list:
     """What ``repae train`` runs besides optimisation, in this order: latent-health diagnostics every
-    ``train.diagnostics_every`` steps, preview grids every ``train.sample_every`` steps, and the HTML
-    report at the end (``train.report``)."""
+    ``train.diagnostics_every`` steps, preview grids every ``train.sample_every`` steps, the end-of-run
+    sample metrics (``train.final_eval_samples``) and the HTML report at the end (``train.report``)."""
     from repae.analysis.health import LatentHealthHook
     from repae.analysis.report import ReportHook
+    from repae.evaluation.final import FinalSamplesHook
     from repae.sampling.preview import SampleGridHook
 
-    hooks = [LatentHealthHook(cfg.train.diagnostics_every), SampleGridHook(cfg.train.sample_every)]
+    hooks = [LatentHealthHook(cfg.train.diagnostics_every), SampleGridHook(cfg.train.sample_every),
+             FinalSamplesHook(cfg.train.final_eval_samples)]
     return hooks + ([ReportHook()] if cfg.train.report else [])
 
 

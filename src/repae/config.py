@@ -150,6 +150,9 @@ class TrainConfig:
     report_to: str = "tensorboard"  # tensorboard | wandb | none
     diagnostics_every: int = 50  # latent-health scalars (SV, TV, CKNNA, ...) on a held-out batch; 0 = off
     report: bool = True  # write RUN/report.html (repae report) when the run ends
+    # end of run: FD + class accuracy of N EMA samples beside N real test images (evalnet-fmnist,
+    # 32x32 Fashion-MNIST only; RUN/final-samples.json + .png, shown first in report.html); 0 = off
+    final_eval_samples: int = 0
     max_nonfinite_skips: int = 3  # consecutive NaN/inf steps (each skipped, nothing updated) before the run halts
 
 
@@ -158,7 +161,9 @@ class SampleConfig:
     """In-training preview grids and the defaults of `repae sample`."""
 
     num_images: int = 64
-    sampler: str = "euler"
+    # auto = the generator family's sampler: euler for flow models (SiT, LightningDiT), ddim for DDPM
+    # ones (DiT); resolved when a run is built, so a run's config.json names the sampler it used
+    sampler: str = "auto"  # auto | euler | heun | euler-maruyama | ddim | ddpm
     num_steps: int = 50
     cfg_scale: float = 4.0
     guidance_low: float = 0.0
@@ -345,7 +350,7 @@ RANGES: dict[str, tuple] = {
     "optim.weight_decay": _NONNEG, "optim.eps": _POS, "optim.max_grad_norm": _POS, "optim.ema_decay": _UNIT_OPEN,
     "train.batch_size": _POS, "train.grad_accum": _POS, "train.max_steps": _POS, "train.log_every": _POS,
     "train.checkpoint_every": _POS, "train.keep_checkpoints": _NONNEG, "train.sample_every": _NONNEG,
-    "train.threads": _NONNEG, "train.diagnostics_every": _NONNEG, "train.max_nonfinite_skips": _POS,
+    "train.threads": _NONNEG, "train.diagnostics_every": _NONNEG, "train.final_eval_samples": _NONNEG, "train.max_nonfinite_skips": _POS,
     "sample.num_images": _POS, "sample.num_steps": _POS, "sample.cfg_scale": _NONNEG,
     "sample.guidance_low": _UNIT, "sample.guidance_high": _UNIT,
 }

@@ -188,6 +188,7 @@ def collect_alignment_features(
     *,
     t: float = 0.5,
     path: str = "linear",
+    objective=None,
     pool: str = "mean",
     tokens_per_image: int = 8,
     layers: Sequence[int] | None = None,
@@ -198,15 +199,20 @@ def collect_alignment_features(
     """SiT hidden states of noised latents and encoder features of the clean images (spec 4.2).
 
     For each batch of uint8 images ``[b, 3, H, W]`` and labels ``[b]``: posterior **mean** ->
-    normaliser (running statistics, no update) -> ``x_t = alpha_t z + sigma_t eps`` at the fixed
-    time ``t`` -> SiT with the correct labels; the encoder sees the clean images. Image ``i``'s
+    normaliser (running statistics, no update) -> ``x_t = objective.noisy_input(z, eps, t')`` at the
+    fixed time ``t' = objective.time_at(t)`` (flow: ``alpha_t z + sigma_t eps`` at ``t``) -> SiT with
+    the correct labels; the encoder sees the clean images. Image ``i``'s
     noise (and token positions) come from its own CPU generator seeded with
     :func:`repae.sampling.generator.sample_seed` ``(seed, i)``, so results do not depend on batching.
 
     Args:
         batches: an iterable of ``(images, labels)`` or one ``(images, labels)`` pair of tensors.
-        t: diffusion time in ``[0, 1]`` (t = 0 data, t = 1 noise).
-        path: interpolant name (:func:`repae.diffusion.paths.get_path`).
+        t: noise level in ``[0, 1]`` (t = 0 data, t = 1 noise): the flow time, or for a DDPM
+            objective the timestep with the same noise-to-signal ratio (``objective.time_at``).
+        path: interpolant name (:func:`repae.diffusion.paths.get_path`) of the flow-matching
+            objective used when ``objective`` is not given.
+        objective: the generator's training objective (:func:`repae.training.builders.build_objective`;
+            a DiT needs its DDPM one); default flow matching on ``path``.
         pool: ``"mean"`` (published protocol) or ``"tokens"`` (per-token rows; needs the SiT token
             grid to equal the encoder's).
         tokens_per_image: rows per image with ``pool="tokens"``.
@@ -214,6 +220,7 @@ def collect_alignment_features(
         sit: ``None`` for a VAE without a diffusion model: only the encoder and latent rows.
     """
     from repae.conventions import uint8_to_unit
+    from repae.diffusion.objective import FlowMatching
     from repae.diffusion.paths import get_path
     from repae.sampling.generator import sample_seeds
 
@@ -223,7 +230,9 @@ def collect_alignment_features(
         raise ConfigError(f"t={t} must lie in [0, 1] (t = 0 data, t = 1 noise)")
     if isinstance(batches, tuple) and len(batches) == 2 and torch.is_tensor(batches[0]):
         batches = _batches(batches[0], batches[1], batch_size)
-    interp = get_path(path)
+    if objective is None:
+        objective = FlowMatching(get_path(path))
+    t_own = objective.time_at(t)  # the objective's own time (the flow time itself)
     device = next((sit if sit is not None else tokenizer).parameters()).device
     hidden: dict[int, list[Tensor]] = {}
     enc_rows, lat_rows = [], []
@@ -237,8 +246,8 @@ def collect_alignment_features(
         b = z_n.shape[0]
         gens = [torch.Generator().manual_seed(s) for s in sample_seeds(seed, range(n, n + b))]  # one per image
         eps = torch.stack([torch.randn(z_n.shape[1:], generator=g) for g in gens]).to(device)  # [b, C, h, w]
-        tt = torch.full((z_n.shape[0],), float(t), device=device)  # [b]
-        x_t = interp.interpolate(z_n, eps, tt)  # [b, C, h, w]
+        tt = torch.full((z_n.shape[0],), t_own, device=device)  # [b]
+        x_t = objective.noisy_input(z_n, eps, tt)  # [b, C, h, w]
         states = sit_hidden_states(sit, x_t, tt, labels, layers) if sit is not None else {}  # {l: [b, T, D]}
         feats = encoder(images).float()  # [b, N, D_enc]
         if pool == "mean":

@@ -8,6 +8,10 @@ without touching any training state,
 * ``health/spatial_variance``, ``health/total_variation``, ``health/tv_over_sqrt_sv`` of the raw
   posterior mean (definitions: :mod:`repae.analysis.latent_stats`), and
   ``health/spatial_variance_normalized`` after the normaliser (what the SiT sees);
+* ``health/image_variance`` and ``health/image_variance_fraction`` of the raw posterior mean over
+  the held-out images: the part of the spatial variance that changes from image to image, absolute
+  and as a share of SV (:func:`repae.analysis.latent_stats.image_variance`). Both fall to 0 when
+  every image maps to the same fixed pattern, a collapse SV misses; IV also falls with a flat latent;
 * normaliser statistics: ``health/norm_mean_abs`` (mean ``|running_mean|``), ``health/norm_std_mean``
   and ``health/norm_std_min`` (``sqrt(running_var)``), and ``health/norm_batch_over_running_std``
   (held-out batch std / running std, averaged over channels: 1 when the running statistics keep
@@ -17,11 +21,15 @@ without touching any training state,
   running statistics: ``health/align_cos_vae``) and once as the SiT pass does (held-out batch
   statistics: ``health/align_cos_sit``), at fixed per-image times and noise drawn once from the
   run's time sampler -- only for recipes that train a projector;
-* ``health/cknna`` (SiT hidden state after the alignment depth at ``t = 0.5``, tokens averaged, vs
+* ``health/cknna`` (SiT hidden state after the alignment depth at noise level ``t = 0.5``, i.e. equal
+  signal and noise, ``objective.time_at(0.5)`` in the objective's own time; tokens averaged, vs
   the encoder's pooled features; k = min(10, n - 1)) and ``health/latent_cknna`` (flattened
   normalised latent vs the encoder), whenever an encoder is available;
 * ``health/sv_drop``: first measured spatial variance / current one. When it exceeds
   ``collapse_factor`` (100) a warning is logged once.
+* ``health/image_variance_drop``: first measured image variance / current one. When it exceeds
+  ``collapse_factor``, or the image-variance fraction falls below ``min_image_fraction`` (0.05)
+  from a first value above it, a second warning (image-independent collapse) is logged once.
 
 The held-out batch is the first ``num_images`` images of a seeded permutation of the data's
 ``test`` split for the named datasets (``embedded``, ``fashion-mnist``); other sources have no
@@ -63,15 +71,20 @@ class LatentHealthHook(TrainHook):
     Args:
         every: period in optimiser steps (``train.diagnostics_every``); 0 disables the hook.
         num_images: held-out images (CKNNA needs > 10 for k = 10; default 128).
-        t: diffusion time of the CKNNA input.
+        t: noise level of the CKNNA input in ``[0, 1]`` (0 data, 1 noise), turned into the
+            objective's own time by ``objective.time_at``: the flow time itself, for DDPM (DiT) the
+            timestep with the same noise-to-signal ratio (0.5 -> equal signal and noise).
         seed: held-out subset, noise and times.
-        collapse_factor: warn when the spatial variance fell by this factor from its first value.
+        collapse_factor: warn when the spatial variance (or, separately, the image variance) fell by
+            this factor from its first value.
+        min_image_fraction: warn when the image-variance fraction fell below this from a first value
+            above it (healthy: 0.61 for the shipped ``repae-vae-fmnist``, ``(n-1)/n`` for i.i.d. noise).
         encoder: optional frozen encoder for CKNNA when the recipe has none (default: load
             ``align.encoders[0]`` of the config, skipped with a warning if its weights are missing).
     """
 
     def __init__(self, every: int, *, num_images: int = 128, t: float = 0.5, seed: int = 0,
-                 collapse_factor: float = 100.0, encoder=None):
+                 collapse_factor: float = 100.0, min_image_fraction: float = 0.05, encoder=None):
         self.every = int(every)
         self.num_images = int(num_images)
         self.t = float(t)
@@ -80,6 +93,9 @@ class LatentHealthHook(TrainHook):
         self.encoder = encoder
         self.first: tuple[int, float] | None = None  # (step, spatial variance) of the first measurement
         self.warned = False
+        self.min_image_fraction = float(min_image_fraction)
+        self.first_image: tuple[int, float, float] | None = None  # (step, image variance, fraction), first
+        self.warned_image = False
         self._batch = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -135,6 +151,8 @@ class LatentHealthHook(TrainHook):
                 "health/spatial_variance": raw.spatial_variance,
                 "health/total_variation": raw.total_variation,
                 "health/tv_over_sqrt_sv": raw.tv_over_sqrt_sv,
+                "health/image_variance": raw.image_variance,
+                "health/image_variance_fraction": raw.image_variance_fraction,
                 "health/spatial_variance_normalized": latent_stats(
                     mean, standardized=True, mean=run_mean, std=run_std, eps=norm.eps).spatial_variance,
                 "health/norm_mean_abs": float(run_mean.abs().mean()),
@@ -151,7 +169,7 @@ class LatentHealthHook(TrainHook):
             if sit is not None and trainer.encoders and len(getattr(sit, "projectors", [])) == len(targets):
                 targets_n = self._normalized_targets(trainer, targets)
                 for key, zn in (("health/align_cos_vae", z_run), ("health/align_cos_sit", z_batch)):
-                    x_t = trainer.objective.path.interpolate(zn, b["noise"], b["t"])  # [n, C, h, w]
+                    x_t = trainer.objective.noisy_input(zn, b["noise"], b["t"])  # [n, C, h, w]
                     hidden = sit(x_t, b["t"], b["labels"], hidden_at=depth, stop_at_hidden=True).hidden  # [n, T, D]
                     out[key] = -float(repa_loss_per_sample(sit.project(hidden), targets_n).mean())
             if targets:
@@ -161,8 +179,8 @@ class LatentHealthHook(TrainHook):
                 if n >= 4:
                     out["health/latent_cknna"] = cknna(z_run.flatten(1), enc_pooled, k=k)
                     if sit is not None and getattr(trainer, "objective", None) is not None:
-                        tt = torch.full((n,), self.t, device=z.device)  # [n]
-                        x_t = trainer.objective.path.interpolate(norm.normalize(mean, update=False), b["noise"], tt)
+                        tt = torch.full((n,), trainer.objective.time_at(self.t), device=z.device)  # [n] own time
+                        x_t = trainer.objective.noisy_input(norm.normalize(mean, update=False), b["noise"], tt)
                         h = sit_hidden_states(sit, x_t, tt, b["labels"], layers=[depth])[depth]  # [n, T, D]
                         out["health/cknna"] = cknna(h.float().mean(1), enc_pooled, k=k)
         finally:
@@ -194,4 +212,16 @@ class LatentHealthHook(TrainHook):
             log.warning("latent spatial variance fell %.0fx since step %d (%.4g -> %.4g): the latent is collapsing "
                         "(typical of the diffusion loss reaching the VAE, REPA-E section 3)", drop, first_step,
                         first_sv, sv)
+        iv, frac = out["health/image_variance"], out["health/image_variance_fraction"]
+        if self.first_image is None:
+            self.first_image = (step, iv, frac)
+        first_step, first_iv, first_frac = self.first_image
+        iv_drop = first_iv / iv if iv > 0 else (math.inf if first_iv > 0 else 1.0)
+        out["health/image_variance_drop"] = iv_drop if math.isfinite(iv_drop) else 1e12
+        fixed = frac < self.min_image_fraction <= first_frac  # NaN (one image) compares False
+        if (iv_drop >= self.collapse_factor or fixed) and not self.warned_image:
+            self.warned_image = True
+            log.warning("latent image variance fell %.0fx since step %d (%.4g -> %.4g) and its share of the spatial "
+                        "variance is %.3g (was %.3g): every image is mapped to nearly the same latent (fixed-pattern "
+                        "or flat collapse, REPA-E section 3)", iv_drop, first_step, first_iv, iv, frac, first_frac)
         return out

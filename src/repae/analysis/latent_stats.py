@@ -1,4 +1,4 @@
-"""Spatial variance and total variation of latents (spec-related-methods.md 6.2; our definitions).
+"""Spatial variance, total variation and image variance of latents (spec-related-methods.md 6.2; our definitions).
 
 REPA-E (section 3, "naive end-to-end tuning is ineffective") reports that back-propagating the
 diffusion loss into the VAE collapses the latent: spatial variance 17.06 -> 0.02 and total
@@ -26,6 +26,37 @@ Each statistic is computed per image and averaged over images; the ratio is take
 (``mean TV / sqrt(mean SV)``). Without standardisation the numbers mostly measure the latent's
 scale; :func:`latent_stats` therefore also accepts per-channel ``mean``/``std`` (e.g. the
 tokenizer normaliser's running statistics, i.e. what the SiT sees) or computes them from the batch.
+
+**Image variance** (our addition, across images). REPA-E section 3 measures the collapse of the
+naive end-to-end latent as a flat latent (SV 17.06 -> 0.02). A latent can also collapse into one
+*image-independent* map: every image is encoded to (nearly) the same pattern, which varies within
+the image, so SV stays large (this is what our ``e2e-diffusion`` runs do). Over the ``N`` images of
+a set ``z [N, C, h, w]``, with ``p = (i, j)`` the ``P = h w`` positions, remove each image's
+per-channel spatial mean, ``y[n, c, p] = z[n, c, p] - mean_p z[n, c, p]`` (the offset SV ignores
+too), and split SV exactly (law of total variance, population variances throughout):
+
+* ``image_variance IV = 1/C sum_c mean_p Var_n y[n, c, p]`` -- how much the spatial structure at a
+  position changes from image to image (the part of SV that follows the image);
+* ``pattern_variance PV = 1/C sum_c Var_p mean_n z[n, c, p]`` -- the spatial variance of the mean
+  map, the structure every image shares (the fixed pattern);
+* ``SV = IV + PV`` (SV averaged over the images as above), and
+  ``image_variance_fraction IVF = IV / SV`` in ``[0, 1]``.
+
+A flat latent has ``IV <= SV -> 0``; a fixed pattern has ``IV -> 0`` and ``IVF -> 0`` while SV stays
+large, so IV catches both collapses; IVF is scale-free (invariant to ``z -> a z + b``), so a latent
+that merely shrinks keeps its IVF. Removing the per-image offset matters: measured about the global
+channel mean instead, a latent that is flat in every image but whose level follows the image
+would keep a large between-image variance. A flat set (``SV <= FLAT_TOL * mean z^2``, spatial std below a
+millionth of the latent's RMS, i.e. float rounding) has ``IVF := 0``: none of its (absent) spatial
+structure follows the image. Reference values: i.i.d. Gaussian entries (one variance for all
+channels) give ``IVF ~ Beta(C (N-1)(P-1) / 2, C (P-1) / 2)`` (IV and PV are the interaction and
+position sums of squares of a two-way layout), so ``E[IVF] = (N - 1) / N`` exactly; a latent
+``a u + b e_n`` (shared map ``u``; per-image maps ``e_n`` with mean 0 and variance 1 over the
+images at every position and spatial mean 0 in every image) gives exactly
+``IV = b^2``, ``PV = a^2 Var_p u`` and ``IVF = b^2 / (a^2 Var_p u + b^2)``; with i.i.d. ``N(0, 1)``
+maps instead, ``E IV = b^2 (N-1)(P-1) / (N P)`` and ``E SV = a^2 Var_p u + b^2 (P-1) / P``. IV needs
+``N >= 2`` images (NaN otherwise) and depends on the set, so compare values measured on the same
+images. Computed like SV: on the posterior mean, raw or after the same standardisation.
 """
 
 from __future__ import annotations
@@ -38,7 +69,11 @@ from torch import Tensor
 
 from repae.errors import ConfigError
 
-__all__ = ["LatentStats", "spatial_variance", "total_variation", "latent_stats", "standardize"]
+__all__ = ["LatentStats", "spatial_variance", "total_variation", "image_variance", "latent_stats", "standardize",
+           "FLAT_TOL"]
+
+#: a set with ``SV <= FLAT_TOL * mean z^2`` is flat (spatial std below 1e-6 of the RMS): ``IVF := 0``
+FLAT_TOL = 1e-12
 
 
 def _check(z: Tensor) -> None:
@@ -65,6 +100,25 @@ def total_variation(z: Tensor) -> tuple[Tensor, Tensor]:
     return mean_tv, sum_tv
 
 
+def image_variance(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (image variance IV ``[C]``, pattern variance PV ``[C]``) of a set ``z [N, C, h, w]``.
+
+    Definitions in the module docstring (REPA-E section 3's collapse, across images): with
+    ``y = z - mean_p z`` per image and channel, ``IV_c = mean_p Var_n y[n, c, p]`` and
+    ``PV_c = Var_p mean_n z[n, c, p]`` (population variances), so ``IV_c + PV_c = mean_n SV_c(z_n)``.
+    NaN for ``N < 2``.
+    """
+    _check(z)
+    z = z.double().flatten(2)  # [N, C, P]
+    if z.shape[0] < 2:
+        nan = torch.full((z.shape[1],), float("nan"), dtype=torch.float64, device=z.device)
+        return nan, nan.clone()
+    y = z - z.mean(dim=2, keepdim=True)  # [N, C, P] each image's per-channel offset removed
+    iv = y.var(dim=0, unbiased=False).mean(dim=1)  # [C] between-image variance, averaged over positions
+    pv = z.mean(dim=0).var(dim=1, unbiased=False)  # [C] spatial variance of the mean map [C, P]
+    return iv, pv
+
+
 def standardize(z: Tensor, mean: Tensor | None = None, std: Tensor | None = None, eps: float = 0.0) -> Tensor:
     """Per-channel ``(z - mean) / std``; statistics over ``(B, h, w)`` of ``z`` itself when not given."""
     if mean is None or std is None:
@@ -86,6 +140,9 @@ class LatentStats:
     total_variation: float  # mean over images of the channel-averaged, mean-normalised TV
     tv_sum: float  # mean over images of sum_{c,i,j} |differences| (kornia convention)
     tv_over_sqrt_sv: float  # total_variation / sqrt(spatial_variance); scale-free
+    image_variance: float  # IV: mean over channels and positions of Var_n (offset-free); NaN for one image
+    pattern_variance: float  # PV: mean over channels of Var_p of the mean map; IV + PV = spatial_variance
+    image_variance_fraction: float  # IV / SV in [0, 1]; 0 for a flat set; NaN for one image
     per_channel_sv: list[float]  # [C]
     per_channel_tv: list[float]  # [C]
     num_images: int
@@ -97,7 +154,10 @@ class LatentStats:
 
 def latent_stats(z: Tensor, *, standardized: bool = False, mean: Tensor | None = None,
                  std: Tensor | None = None, eps: float = 0.0) -> LatentStats:
-    """Spatial variance, total variation and TV/sqrt(SV) of latents ``z [B, C, h, w]`` (spec 6.2).
+    """Spatial variance, total variation, TV/sqrt(SV) and image variance of latents ``z [B, C, h, w]``.
+
+    SV / TV: spec 6.2; image variance (IV, PV, IV/SV) across the ``B`` images: module docstring
+    (catches both the flat and the image-independent collapse of REPA-E section 3).
 
     Args:
         z: posterior means ``[B, C, h, w]``.
@@ -115,8 +175,13 @@ def latent_stats(z: Tensor, *, standardized: bool = False, mean: Tensor | None =
     sv_mean = float(sv.mean())
     tv_mean = float(tv.mean())
     ratio = tv_mean / math.sqrt(sv_mean) if sv_mean > 0 else float("nan")
+    iv, pv = image_variance(z)  # [C] each
+    iv_mean, pv_mean = float(iv.mean()), float(pv.mean())
+    flat = sv_mean <= FLAT_TOL * float(z.double().pow(2).mean())
+    fraction = float("nan") if math.isnan(iv_mean) else 0.0 if flat else min(max(iv_mean / sv_mean, 0.0), 1.0)
     return LatentStats(
         spatial_variance=sv_mean, total_variation=tv_mean, tv_sum=float(tv_sum.sum(1).mean()),
-        tv_over_sqrt_sv=ratio, per_channel_sv=sv.mean(0).tolist(), per_channel_tv=tv.mean(0).tolist(),
+        tv_over_sqrt_sv=ratio, image_variance=iv_mean, pattern_variance=pv_mean, image_variance_fraction=fraction,
+        per_channel_sv=sv.mean(0).tolist(), per_channel_tv=tv.mean(0).tolist(),
         num_images=int(z.shape[0]), standardized=mode,
     )

@@ -11,7 +11,8 @@ Inputs (each ``RUN_OR_VAE``):
 
 What is measured (definitions in the ``repae.analysis`` modules and ``docs/analysis.md``): on ``n``
 images (default 1000, a seeded subset of ``--data``) the posterior-mean latents give the DCT
-spectra (with the RGB spectrum of the same images), spatial variance / total variation (raw, with
+spectra (with the RGB spectrum of the same images), spatial variance / total variation / image
+variance (between images: catches a latent that is the same map for every image; raw, with
 the normaliser statistics the SiT sees, and per-batch standardised; RGB area-downsampled to the
 latent grid as reference), PCA views and reconstructions (PSNR). With a SiT and an encoder: CKNNA
 (k = 10) between the SiT hidden state after every block (noised latent at ``t``, correct labels,
@@ -247,15 +248,16 @@ def measure_vae(tokenizer, data: ImageSet, *, device: torch.device, batch_size: 
 
 
 def measure_alignment(sit, tokenizer, encoder, data: ImageSet, *, device: torch.device, t: float, path: str,
-                      pool: str, k: int, batch_size: int = 64, seed: int = 0):
-    """Per-layer CKNNA (:func:`repae.analysis.cknna.layerwise_cknna`) of one model state."""
+                      pool: str, k: int, batch_size: int = 64, seed: int = 0, objective=None):
+    """Per-layer CKNNA (:func:`repae.analysis.cknna.layerwise_cknna`) of one model state (``objective``:
+    the generator's, which makes its noised input; default flow matching on ``path``)."""
     from repae.analysis.cknna import collect_alignment_features, layerwise_cknna
 
     if sit is not None:
         sit.eval().to(device)
     tokenizer.eval().to(device)
     feats = collect_alignment_features(sit, tokenizer, encoder, (data.images, data.labels), t=t, path=path,
-                                       pool=pool, batch_size=batch_size, seed=seed)
+                                       objective=objective, pool=pool, batch_size=batch_size, seed=seed)
     return layerwise_cknna(feats, k=k, device=device)
 
 
@@ -268,7 +270,7 @@ def measure_alignment(sit, tokenizer, encoder, data: ImageSet, *, device: torch.
 class AnalysisOptions:
     num_images: int = 1000  # n: CKNNA kernels are n x n
     batch_size: int = 64
-    t: float = 0.5  # diffusion time of the SiT input (t = 0 data, t = 1 noise)
+    t: float = 0.5  # noise level of the SiT input (0 data, 1 noise; a DiT: the timestep of the same noise level)
     pool: str = "mean"  # "mean" (published protocol) | "tokens"
     k: int = 10
     grid: int = 8  # images in the picture grids
@@ -330,9 +332,12 @@ def analyze(sources: list[Source], data: ImageSet, *, device: torch.device, opti
             m = measure_vae(tok, data, device=device, batch_size=options.batch_size, grid=options.grid, full=latest)
             row: dict[str, Any] = {"step": step, "checkpoint": str(ckpt), "stats": m["stats"]}
             if encoder is not None:  # sit=None (tokenizer-only recipes): the latent-side value only
+                from repae.training.builders import build_objective
+
                 curve = measure_alignment(sit, tok, encoder, data, device=device, t=options.t,
                                           path=cfg.diffusion.path, pool=options.pool if sit is not None else "mean",
-                                          k=options.k, batch_size=options.batch_size, seed=options.seed)
+                                          k=options.k, batch_size=options.batch_size, seed=options.seed,
+                                          objective=build_objective(cfg, sit))  # DiT: DDPM noising
                 row["latent_cknna"] = curve.latent_cknna
                 if curve.layers:
                     row["cknna"] = curve.to_dict()

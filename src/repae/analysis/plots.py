@@ -115,8 +115,13 @@ def plot_latent_stats(result: dict, path: Path) -> Path | None:
         ("total variation (raw latent)", [s["raw"]["total_variation"] for s in rows] + [rgb["total_variation"]], True),
         ("TV / sqrt(SV) (scale-free)", [s["raw"]["tv_over_sqrt_sv"] for s in rows] + [rgb["tv_over_sqrt_sv"]], False),
         ("spatial variance (normalised as the SiT sees it)", [s["normalizer"]["spatial_variance"] for s in rows], True),
+        ("image variance (raw; between images)", [s["raw"].get("image_variance") for s in rows]
+         + [rgb.get("image_variance")], True),
+        ("image variance / SV (0 = same map for every image)", [s["raw"].get("image_variance_fraction") for s in rows]
+         + [rgb.get("image_variance_fraction")], False),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
+    axes[5].set_ylim(0, 1.05)
     colors = _colors(len(inputs)) + ["0.4"]
     for ax, (title, values, log) in zip(axes, panels):
         vals = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
@@ -255,7 +260,8 @@ def plot_checkpoints(result: dict, path: Path) -> Path | None:
     has_fd = any(row.get("fd") is not None for r in runs for row in r["checkpoints"])
     has_ck = any("cknna_at_depth" in row for r in runs for row in r["checkpoints"])
     panels = ([("cknna_at_depth", "CKNNA at the alignment depth")] if has_ck else []) + [
-        ("sv", "spatial variance (raw latent)"), ("ratio", "TV / sqrt(SV)")] + (
+        ("sv", "spatial variance (raw latent)"), ("ratio", "TV / sqrt(SV)"),
+        ("ivf", "image variance / SV (raw latent)")] + (
         [("fd", "FD (from evaluation)")] if has_fd else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     data = {}
@@ -265,6 +271,7 @@ def plot_checkpoints(result: dict, path: Path) -> Path | None:
             "cknna_at_depth": [row.get("cknna_at_depth") for row in r["checkpoints"]],
             "sv": [row["stats"]["raw"]["spatial_variance"] for row in r["checkpoints"]],
             "ratio": [row["stats"]["raw"]["tv_over_sqrt_sv"] for row in r["checkpoints"]],
+            "ivf": [row["stats"]["raw"].get("image_variance_fraction") for row in r["checkpoints"]],
             "fd": [row.get("fd") for row in r["checkpoints"]],
         }
         data[r["label"]] = {"steps": steps, **series}
@@ -279,6 +286,8 @@ def plot_checkpoints(result: dict, path: Path) -> Path | None:
     for ax, (key, _) in zip(axes[0], panels):
         if key == "sv":
             ax.set_yscale("log")
+        if key == "ivf":
+            ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
     _write_json(path.with_suffix(".json"), data)
     return _save(fig, path)

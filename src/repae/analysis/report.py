@@ -2,6 +2,9 @@
 
 Sections, each present when the run has the data for it:
 
+0. what the run made: the labelled final grid and the end-of-run sample metrics (FD beside the
+   FD of real held-out images, class accuracy; ``final-samples.json`` / ``.png`` written by
+   :class:`repae.evaluation.final.FinalSamplesHook`), else the latest preview grid;
 1. summary (recipe, step, images seen, last logged values) and the resolved config;
 2. training curves from ``metrics.jsonl`` (losses, latent-health diagnostics, gradient norms);
 3. sample grids (``samples/step-*.png`` written by the preview hook; drawn from the latest
@@ -32,7 +35,40 @@ from repae.training.hooks import TrainHook
 
 log = logging.getLogger("repae.report")
 
-__all__ = ["build_report", "ReportHook", "read_metrics", "class_names_of"]
+__all__ = ["build_report", "ReportHook", "read_metrics", "class_names_of", "labelled_grid_png", "final_samples_paths"]
+
+
+def final_samples_paths(run_dir: str | Path) -> tuple[Path, Path]:
+    """``(json, png)`` of the end-of-run sample measurement in a run folder (``train.final_eval_samples``)."""
+    run = Path(run_dir)
+    return run / "final-samples.json", run / "final-samples.png"
+
+
+def headline_section(run_dir: Path, samples: list[tuple[str, bytes]]) -> str:
+    """The first thing the page shows: the final labelled grid and its sample metrics beside the floor."""
+    json_path, png_path = final_samples_paths(run_dir)
+    if not json_path.is_file() or not png_path.is_file():
+        if not samples:
+            return "<p>No samples yet.</p>"
+        title, png = samples[-1]
+        return _figure(png, title) + ("<p>No end-of-run measurement (set <code>train.final_eval_samples=1000</code> "
+                                      "or run <code>repae evaluate --checkpoint RUN</code>).</p>")
+    r = json.loads(json_path.read_text())
+    n, space = r.get("num_samples", "?"), r.get("feature_space", "evalnet-fmnist")
+    rows = [("", "samples", f"real test images (the floor, {r.get('num_real', n)})"),
+            ("FD", r.get("fid"), r.get("real_fid")),
+            ("class accuracy", r.get("class_accuracy"), r.get("real_class_accuracy")),
+            ("precision", r.get("precision"), r.get("real_precision")),
+            ("recall", r.get("recall"), r.get("real_recall"))]
+    body = "".join("<tr>" + "".join(f"<{'th' if i == 0 or k == 0 else 'td'}>{_fmt(v) if v is not None else '-'}"
+                                    f"</{'th' if i == 0 or k == 0 else 'td'}>" for k, v in enumerate(row)) + "</tr>"
+                   for i, row in enumerate(rows))
+    caption = (f"{n} EMA samples at step {r.get('step', '?')} ({r.get('sampler')}, {r.get('num_steps')} steps, "
+               f"CFG {r.get('cfg_scale')}) against {r.get('reference')}, in {space} feature space "
+               "(not comparable with published FID). Class accuracy: how often the evaluation network "
+               "names the conditioning label.")
+    return (_figure(png_path.read_bytes(), "final EMA samples, titled with their conditioning class")
+            + f"<table>{body}</table><p class='sub'>{html.escape(caption)}</p>")
 
 FIGURE_CAPTIONS = {  # analysis/ figure -> caption, in page order
     "recon_grid": "Reconstructions of the posterior mean: input | reconstruction | absolute error.",
@@ -124,7 +160,7 @@ CURVE_GROUPS = (  # (title, predicate on the metric name)
 
 
 LOG_CURVES = ("health/spatial_variance", "health/total_variation", "health/spatial_variance_normalized",
-              "health/sv_drop")
+              "health/sv_drop", "health/image_variance", "health/image_variance_drop")
 
 
 def curve_figures(rows: list[dict]) -> list[tuple[str, bytes]]:
@@ -344,15 +380,17 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, analyze_
     sections.append(("Summary", _table(summary) + "<details><summary>resolved config (config.json)</summary><pre>"
                      + html.escape(json.dumps(cfg.to_dict(), indent=2)) + "</pre></details>"))
 
-    curves = curve_figures(rows)
-    sections.append(("Training curves", "".join(_figure(png, t) for t, png in curves)
-                     or "<p>No metrics.jsonl rows yet.</p>"))
-
     try:
         samples = sample_sections(run, cfg, names, draw_if_missing=draw_samples, device=device)
     except Exception as err:  # noqa: BLE001 - a page without samples is still useful
         log.warning("report: samples skipped (%s)", err)
         samples = []
+    sections.insert(0, ("What this run made", headline_section(run, samples)))
+
+    curves = curve_figures(rows)
+    sections.append(("Training curves", "".join(_figure(png, t) for t, png in curves)
+                     or "<p>No metrics.jsonl rows yet.</p>"))
+
     sections.append(("Samples", "".join(_figure(png, t) for t, png in samples) or "<p>No sample grid.</p>"))
 
     analysis_dir = run / "analysis"

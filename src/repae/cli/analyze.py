@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="frozen encoder (default: the run's first alignment encoder, else repae-vit-t4 at 32 px / "
                    "dinov2-vit-b)")
     c.add_argument("--encoder-weights", default=None, help="weights of --encoder (default: env var / packaged)")
-    c.add_argument("--t", type=float, default=0.5, help="diffusion time of the SiT input (0 data, 1 noise)")
+    c.add_argument("--t", type=float, default=0.5, help="noise level of the generator input (0 data, 1 noise): "
+                   "the flow time; for a DiT, the DDPM timestep with the same noise-to-signal ratio")
     c.add_argument("--pool", choices=["mean", "tokens"], default="mean", help="token pooling (mean = published)")
     c.add_argument("--k", type=int, default=10, help="nearest neighbours (REPA / REPA-E: 10)")
     c.add_argument("--no-cknna", action="store_true", help="skip CKNNA (no encoder needed)")
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         st = r["stats"]["raw"]
         ck = r.get("cknna_at_depth")
         print(f"{r['label']}: SV {st['spatial_variance']:.4g} | TV {st['total_variation']:.4g} | "
-              f"TV/sqrt(SV) {st['tv_over_sqrt_sv']:.3f}" + (f" | CKNNA@depth {ck:.3f}" if ck is not None else "")
+              f"TV/sqrt(SV) {st['tv_over_sqrt_sv']:.3f} | image variance {st['image_variance']:.4g} "
+              f"({st['image_variance_fraction']:.3f} of SV)" + (f" | CKNNA@depth {ck:.3f}" if ck is not None else "")
               + (f" | latent CKNNA {r['latent_cknna']:.3f}" if r.get("latent_cknna") is not None else ""))
     print(f"wrote {out / 'analysis.json'} and {len(figures)} figures to {out}")
     return 0

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    from repae.training.builders import resolve_config
+
+    cfg = resolve_config(load_config(args.config, args.overrides))  # sample.sampler=auto -> the model's, as a run saves it
     print(json.dumps(cfg.to_dict(), indent=2, default=str))
     return 0

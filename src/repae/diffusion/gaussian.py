@@ -20,7 +20,9 @@ Contents:
   range variance (IDDPM eq. 15), the VLB terms in bits/dim (IDDPM eq. 4-6), and :meth:`respace`.
 * :class:`DDPMObjective` - what the training step calls, mirroring :class:`FlowMatching`:
   ``draw`` (t uniform over the T timesteps, eps ~ N(0, I)) and ``loss`` (hybrid loss
-  ``L_simple + L_vlb``, IDDPM eq. 16 with lambda = 1 as in DiT, the VLB term only training Sigma).
+  ``L_simple + L_vlb``, IDDPM eq. 16 with lambda = 1 as in DiT, the VLB term only training Sigma),
+  plus the shared :class:`~repae.diffusion.objective.DiffusionObjective` methods ``noisy_input``
+  (``q_sample``) and ``time_at`` (noise level -> timestep).
 
 Precision: schedule tensors are float64; coefficients are gathered and cast to the dtype of the
 tensor they multiply (float32 in training, float64 in the samplers).
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from repae.diffusion.objective import NoisedBatch, draw_t_and_noise, fp32_region
+from repae.diffusion.objective import NoisedBatch, check_noise_level, draw_t_and_noise, fp32_region
 from repae.errors import ConfigError
 
 __all__ = [
@@ -416,10 +418,29 @@ class DDPMObjective:
              noise: Tensor | None = None) -> DDPMBatch:
         """Sample (or reuse) timesteps and noise; ``x_t = q_sample(x_0, t, eps)``, target ``eps``."""
         t, noise = draw_t_and_noise(self.time_sampler, x0, generator=generator, t=t, noise=noise)  # [B], [B, C, h, w]
-        if not bool((t == t.round()).all()):
-            raise ValueError("DDPM timesteps must be whole numbers in 0..T-1; draw them with DDPMObjective.time_sampler")
-        x_t = self.diffusion.q_sample(x0, t.long(), noise)  # [B, C, h, w]
+        x_t = self.noisy_input(x0, noise, t)  # [B, C, h, w]
         return DDPMBatch(t=t, noise=noise, x_t=x_t, target=noise, x0=x0)
+
+    def noisy_input(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """``x_t = q_sample(x_0, t, eps) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; ``t`` whole timesteps ``[B]``."""
+        t = torch.as_tensor(t)
+        if not bool((t == t.round()).all()):
+            raise ValueError("DDPM timesteps must be whole numbers in 0..T-1; draw them with DDPMObjective.time_sampler "
+                             "or pick one with DDPMObjective.time_at")
+        return self.diffusion.q_sample(x0, t.long(), noise)  # [B, C, h, w]
+
+    def time_at(self, u: float) -> float:
+        """The timestep whose input has the noise level of the linear flow path at time ``u``.
+
+        Matched on the noise-to-signal ratio, ``sqrt((1 - abar_t) / abar_t) = u / (1 - u)``, i.e.
+        ``abar_t = (1 - u)^2 / ((1 - u)^2 + u^2)`` (the nearest of the T timesteps): ``u = 0.5`` is
+        the timestep with equal signal and noise (``abar_t = 1/2``; t = 258 of DiT's 1000 linear
+        steps), as flow time 0.5 is on either flow path; ``u = 0`` -> 0, ``u = 1`` -> T - 1.
+        Returned as a float holding a whole number, like the times of :attr:`time_sampler`.
+        """
+        u = check_noise_level(u)
+        target = (1.0 - u) ** 2 / ((1.0 - u) ** 2 + u**2)  # abar with noise/signal = u / (1 - u)
+        return float(int((self.diffusion.alphas_cumprod - target).abs().argmin()))
 
     def loss_terms(self, prediction: Tensor, batch: DDPMBatch) -> DDPMLoss:
         """The hybrid loss of DiT per sample, in float32 (autocast off)."""

@@ -11,12 +11,19 @@ REPA-E draws ``t`` and ``eps`` once in the VAE-alignment pass and **reuses** the
 (spec 1.3 step I, 11.4): ``fm.draw(z2, t=nb.t, noise=nb.noise)``. ``x_0`` is the *normalised*
 latent. Time comes from the CPU RNG (or ``generator``), noise from ``x_0``'s device RNG (or
 ``generator``, drawn on its device and moved), as in the reference.
+
+Every objective (this one and :class:`repae.diffusion.gaussian.DDPMObjective`) has the interface
+:class:`DiffusionObjective`, which is all that code outside the training step (hooks, analysis)
+may use: ``noisy_input(x0, noise, t)`` builds the network input in the objective's own time, and
+``time_at(u)`` turns a noise level ``u`` in ``[0, 1]`` (0 data, 1 noise) into that time, e.g. the
+"t = 0.5" of a CKNNA measurement.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -24,7 +31,7 @@ from torch import Tensor
 from repae.diffusion.paths import LinearPath, Path, get_path
 from repae.diffusion.timesteps import TimeSampler, UniformTime, get_time_sampler
 
-__all__ = ["NoisedBatch", "FlowMatching", "per_sample_mse", "fp32_region"]
+__all__ = ["NoisedBatch", "DiffusionObjective", "FlowMatching", "per_sample_mse", "fp32_region"]
 
 
 def fp32_region(device: torch.device) -> contextlib.AbstractContextManager:
@@ -62,6 +69,42 @@ class NoisedBatch:
     noise: Tensor
     x_t: Tensor
     target: Tensor
+
+
+class DiffusionObjective(Protocol):
+    """What every training objective offers (:class:`FlowMatching`, ``DDPMObjective``).
+
+    ``t`` is always the objective's *own* time, the value the network is conditioned on: flow time
+    in ``[0, 1]`` (0 = data) for flow matching, whole DDPM timesteps ``0..T-1`` (0 = least noisy)
+    for DDPM. Code that must pick a time without knowing the objective asks :meth:`time_at`.
+    """
+
+    time_sampler: TimeSampler  # draws training times [n] in the objective's own convention
+
+    def draw(self, x0: Tensor, *, generator: torch.Generator | None = None, t: Tensor | None = None,
+             noise: Tensor | None = None) -> NoisedBatch:
+        """Sample (or reuse) ``t`` and noise; the noised batch with its regression target."""
+        ...
+
+    def batch_loss(self, prediction: Tensor, batch: NoisedBatch) -> Tensor:
+        """Per-sample loss ``[B]`` of a prediction on a noised batch."""
+        ...
+
+    def noisy_input(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """The network input ``x_t`` ``[B, C, h, w]`` for clean latents ``x0``, ``noise`` and own times ``t`` ``[B]``."""
+        ...
+
+    def time_at(self, u: float) -> float:
+        """The own time whose input has noise level ``u`` in ``[0, 1]`` (0 data, 1 noise; see the implementations)."""
+        ...
+
+
+def check_noise_level(u: float) -> float:
+    """``u`` as a float in ``[0, 1]`` (ValueError naming the range otherwise)."""
+    u = float(u)
+    if not 0.0 <= u <= 1.0:
+        raise ValueError(f"noise level u={u} must lie in [0, 1] (0 = data, 1 = noise)")
+    return u
 
 
 def draw_t_and_noise(time_sampler: TimeSampler, x0: Tensor, *, generator: torch.Generator | None = None,
@@ -117,9 +160,18 @@ class FlowMatching:
             noise: reuse this noise (``x0``'s shape) instead of drawing.
         """
         t, noise = draw_t_and_noise(self.time_sampler, x0, generator=generator, t=t, noise=noise)  # [B], [B, C, h, w]
-        x_t = self.path.interpolate(x0, noise, t)  # [B, C, h, w]
+        x_t = self.noisy_input(x0, noise, t)  # [B, C, h, w]
         target = self.path.velocity_target(x0, noise, t)  # [B, C, h, w]
         return NoisedBatch(t=t, noise=noise, x_t=x_t, target=target)
+
+    def noisy_input(self, x0: Tensor, noise: Tensor, t: Tensor | float) -> Tensor:
+        """``x_t = alpha_t x_0 + sigma_t eps`` on this objective's path; ``t`` flow time ``[B]`` (or a scalar)."""
+        return self.path.interpolate(x0, noise, t)  # [B, C, h, w]
+
+    def time_at(self, u: float) -> float:
+        """The flow time itself: ``u`` is already this objective's time (``t = 0.5``: equal signal and
+        noise, ``alpha = sigma``, on the linear and the cosine path alike)."""
+        return check_noise_level(u)
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Per-sample denoising loss ``[B]`` (mean squared velocity error over C, h, w; fp32)."""

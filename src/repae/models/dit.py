@@ -119,7 +119,7 @@ class DiT(SiT):
 # ----------------------------------------------------------------------------------------------
 
 _SIZES = TRANSFORMER_SIZES  # DiT Table 1 sizes, identical to SiT's
-_PATCHES: dict[str, tuple[int, ...]] = {"T": (1, 2), "S": (2, 4, 8), "B": (2, 4, 8), "L": (2, 4, 8), "XL": (2, 4, 8)}
+_PATCHES: dict[str, tuple[int, ...]] = {"T": (1, 2), "XS": (1, 2), "S": (2, 4, 8), "B": (2, 4, 8), "L": (2, 4, 8), "XL": (2, 4, 8)}
 
 #: ``"DiT-XL/2" -> {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2}`` etc.
 DIT_PRESETS: dict[str, dict[str, int]] = {

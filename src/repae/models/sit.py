@@ -276,14 +276,18 @@ class SiT(nn.Module):
 # that head has 4.7 M parameters (20x the transformer) and is ~85 % of a CPU REPA step;
 # model.projector_dim=256 makes the step 2.5-4x faster, but the embedded REPA-E main job then
 # reached FD 23.4 instead of 12.1 (README), so the default keeps 2048 (repae study pins 256 for speed).
+# "XS" (6 blocks of ViT-Ti width: 4.2 M parameters against T's 0.33 M) is the embedded main job's
+# generator; with a 512-wide REPA head (0.6 M) its step costs fewer FLOPs than T with the 2048-wide
+# head (5.4 M parameters, 16x T itself): per image ~0.5 vs ~0.7 GFLOP forward (issue 21).
 TRANSFORMER_SIZES: dict[str, dict[str, int]] = {  # shared by SiT, DiT and LightningDiT
     "T": {"depth": 4, "hidden_size": 64, "num_heads": 2, "encoder_depth": 2},
+    "XS": {"depth": 6, "hidden_size": 192, "num_heads": 3, "encoder_depth": 2},
     "S": {"depth": 12, "hidden_size": 384, "num_heads": 6},
     "B": {"depth": 12, "hidden_size": 768, "num_heads": 12},
     "L": {"depth": 24, "hidden_size": 1024, "num_heads": 16},
     "XL": {"depth": 28, "hidden_size": 1152, "num_heads": 16},
 }
-_PATCHES: dict[str, tuple[int, ...]] = {"T": (1, 2), "S": (1, 2, 4, 8), "B": (1, 2, 4, 8), "L": (1, 2, 4, 8), "XL": (1, 2, 4, 8)}
+_PATCHES: dict[str, tuple[int, ...]] = {"T": (1, 2), "XS": (1, 2), "S": (1, 2, 4, 8), "B": (1, 2, 4, 8), "L": (1, 2, 4, 8), "XL": (1, 2, 4, 8)}
 
 #: ``"SiT-XL/2" -> {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2}`` etc.
 #: An entry may also carry a default ``encoder_depth`` (the tiny presets use 2; otherwise 8).

@@ -203,7 +203,7 @@ class Generator:
         sit.eval().to(map_location)
         gen = cls(tokenizer=tokenizer, model=sit, path=cfg.diffusion.path, num_classes=cfg.model.num_classes,
                   resolution=cfg.data.resolution)
-        gen.sample_defaults = cfg.sample  # the run's own sampling settings (what its preview grids use)
+        gen.sample_defaults = gen._resolved(cfg.sample)  # the run's own sampling settings (its preview grids')
         return gen
 
     @classmethod
@@ -221,8 +221,16 @@ class Generator:
         model = trainer.ema.model if ema else trainer.sit
         gen = cls(tokenizer=tok, model=model, path=trainer.cfg.diffusion.path,
                   num_classes=trainer.cfg.model.num_classes, resolution=trainer.cfg.data.resolution)
-        gen.sample_defaults = trainer.cfg.sample
+        gen.sample_defaults = gen._resolved(trainer.cfg.sample)
         return gen
+
+    def _resolved(self, sample_cfg):
+        """``sample_cfg`` with ``sampler=auto`` replaced by this model's sampler (configs of runs
+        built by this version are resolved already; a hand-written one may not be)."""
+        import dataclasses
+
+        sampler = self.resolve_sampler(sample_cfg.sampler)
+        return sample_cfg if sampler == sample_cfg.sampler else dataclasses.replace(sample_cfg, sampler=sampler)
 
     # -- device ---------------------------------------------------------------------------
 
@@ -260,16 +268,19 @@ class Generator:
         return torch.randn((batch, *self.latent_shape), device=self.device), None  # [B, C, h, w]
 
     @torch.no_grad()
-    def latents(self, labels: torch.Tensor | Sequence[int], *, sampler: str = "euler", num_steps: int = 50,
+    def latents(self, labels: torch.Tensor | Sequence[int], *, sampler: str = "auto", num_steps: int = 50,
                 cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                 seeds: Sequence[int] | torch.Tensor | None = None, noise: torch.Tensor | None = None,
                 progress: bool = False) -> torch.Tensor:
         """Sample NORMALISED latents x_0 [B, C, h, w] float32 for ``labels`` [B] (spec 6.1-6.2).
 
+        ``sampler``: a flow solver (SiT, LightningDiT) or a DDPM sampler (DiT); ``"auto"`` (default)
+        is the model family's own (:meth:`resolve_sampler`: euler, or ddim for DiT).
         ``seeds`` [B]: per-sample seeds; sample i's initial noise (and SDE noise) comes from
         ``torch.Generator().manual_seed(seeds[i])`` only. ``noise`` [B, C, h, w]: explicit initial
         noise (the SDE noise then still comes from ``seeds`` if given, else the global RNG).
         """
+        sampler = self.resolve_sampler(sampler)
         ddpm = self.check_sampler(sampler)
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -288,8 +299,18 @@ class Generator:
             return get_solver(sampler)(velocity_fn, x1, num_steps=num_steps, generator=gens, progress=progress,
                                        path=self.path)  # [B, C, h, w]
 
+    def resolve_sampler(self, sampler: str | None) -> str:
+        """``sampler``, or for ``"auto"`` / ``None`` the model family's sampler (euler for a flow
+        network, ddim for a DDPM one; :func:`repae.training.builders.default_sampler`)."""
+        from repae.training.builders import AUTO_SAMPLER, default_sampler
+
+        if sampler in (None, AUTO_SAMPLER):
+            return default_sampler(getattr(self.model, "objective_kind", "flow"))
+        return sampler
+
     def check_sampler(self, sampler: str) -> bool:
         """Whether ``sampler`` is a DDPM sampler; ConfigError when it cannot sample this model family."""
+        sampler = self.resolve_sampler(sampler)
         ddpm_model = getattr(self.model, "objective_kind", "flow") == "ddpm"
         if ddpm_model:
             if sampler not in DDPM_SAMPLERS:
@@ -311,7 +332,7 @@ class Generator:
         return unit_to_uint8(image.float())  # truncation, like generate.py (spec 11.24)
 
     @torch.no_grad()
-    def __call__(self, labels: torch.Tensor | Sequence[int], *, sampler: str = "euler", num_steps: int = 50,
+    def __call__(self, labels: torch.Tensor | Sequence[int], *, sampler: str = "auto", num_steps: int = 50,
                  cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                  seeds: Sequence[int] | torch.Tensor | None = None, noise: torch.Tensor | None = None,
                  progress: bool = False) -> torch.Tensor:
@@ -429,7 +450,7 @@ def _dist_ready(world_size: int) -> bool:
 def sample_to_outputs(generator: Generator, *, num_samples: int, batch_size: int, seed: int = 0,
                       out_npz: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
                       rank: int = 0, world_size: int = 1, labels: torch.Tensor | None = None,
-                      shard: str = "round-robin", sampler: str = "euler", num_steps: int = 50,
+                      shard: str = "round-robin", sampler: str = "auto", num_steps: int = 50,
                       cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                       progress: bool = True) -> SampleOutputs:
     """Draw ``num_samples`` images (spec 6.4) into PNGs and/or an ADM npz, split over ranks.
@@ -453,6 +474,7 @@ def sample_to_outputs(generator: Generator, *, num_samples: int, batch_size: int
         raise ConfigError("nothing to write; pass out_npz (ADM .npz) and/or out_dir (PNG folder)")
     if num_samples < 1 or batch_size < 1:
         raise ConfigError(f"num_samples and batch_size must be >= 1 (got {num_samples}, {batch_size})")
+    sampler = generator.resolve_sampler(sampler)  # "auto" -> the model's own; what the PNG folder records
     generator.check_sampler(sampler)  # fail on bad settings before any work
     guidance_active(0.0, cfg_scale=cfg_scale, interval=guidance_interval)
     distributed = _dist_ready(world_size)

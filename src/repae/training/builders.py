@@ -2,6 +2,8 @@
 
 ``validate_config`` and the builders raise :class:`~repae.errors.ConfigError` /
 :class:`~repae.errors.MissingWeightsError` before any training step, with one line naming the fix.
+``validate_config`` also resolves the settings a config may leave to the model
+(:func:`resolve_config`: ``sample.sampler=auto``), so the saved ``config.json`` holds what was used.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def validate_config(cfg: RunConfig) -> Recipe:
     if cfg.model.preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown model.preset '{cfg.model.preset}'; choose one of: {', '.join(MODEL_PRESETS)}")
     preset = MODEL_PRESETS[cfg.model.preset]
+    resolve_config(cfg)  # sample.sampler=auto -> the generator family's sampler
     check_sampler_matches_model(cfg.model.preset, cfg.sample.sampler, "sample.sampler")
     patch = preset["patch_size"] if recipe.build_sit else 1  # `vae`: no SiT
     factor = vae_cfg.downsample_factor * patch
@@ -127,15 +130,64 @@ def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
     )
 
 
+#: ``sample.sampler`` value (the default) that leaves the sampler to the generator family.
+AUTO_SAMPLER = "auto"
+#: The samplers of each objective kind (:func:`repae.models.objective_kind`); the first is what
+#: ``auto`` picks. DDPM networks (DiT) get DDIM (eta 0): the deterministic counterpart of the flow
+#: networks' Euler ODE, good at the default 50 steps (DDIM sec. 5), where ancestral DDPM needs
+#: about 250 (DiT's own setting) to reach its quality.
+SAMPLERS: dict[str, tuple[str, ...]] = {"flow": ("euler", "heun", "euler-maruyama"), "ddpm": ("ddim", "ddpm")}
+
+
+def default_sampler(kind: str) -> str:
+    """The sampler ``auto`` stands for with an objective kind (``"flow"`` -> euler, ``"ddpm"`` -> ddim)."""
+    return SAMPLERS[kind][0]
+
+
+def resolve_sampler(preset: str, sampler: str | None) -> str:
+    """``sampler`` unless it is ``auto`` (or unset): then the sampler of generator preset ``preset``."""
+    if sampler in (None, AUTO_SAMPLER):
+        from repae.models import preset_objective_kind
+
+        return default_sampler(preset_objective_kind(preset))
+    return sampler
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Replace, in place, the settings left to the model by what it gets: ``sample.sampler=auto``
+    -> the family's sampler (:func:`default_sampler`). Idempotent; returns ``cfg``."""
+    from repae.models import MODEL_PRESETS
+
+    if cfg.model.preset in MODEL_PRESETS:  # an unknown preset is validate_config's one-line error
+        cfg.sample.sampler = resolve_sampler(cfg.model.preset, cfg.sample.sampler)
+    return cfg
+
+
 def check_sampler_matches_model(preset: str, sampler: str, where: str) -> None:
-    """DiT is an eps/DDPM network (samplers ddpm, ddim); SiT and LightningDiT are flow networks
+    """DiT is an eps/DDPM network (samplers ddim, ddpm); SiT and LightningDiT are flow networks
     (euler, heun, euler-maruyama). A mismatch is one line naming the key, before any work."""
-    ddpm = preset.startswith("DiT-")
-    ddpm_samplers, flow_samplers = ("ddpm", "ddim"), ("euler", "heun", "euler-maruyama")
-    allowed = ddpm_samplers if ddpm else flow_samplers
+    from repae.models import preset_objective_kind
+
+    kind = preset_objective_kind(preset)
+    allowed = SAMPLERS[kind]
     if sampler not in allowed:
-        raise ConfigError(f"{where}={sampler!r} cannot sample {preset} ({'a DDPM' if ddpm else 'a flow'} model); "
-                          f"use one of: {', '.join(allowed)}")
+        raise ConfigError(f"{where}={sampler!r} cannot sample {preset} ({'a DDPM' if kind == 'ddpm' else 'a flow'} "
+                          f"model); use one of: {', '.join(allowed)} (or leave it unset: {default_sampler(kind)})")
+
+
+def build_objective(cfg: RunConfig, model):
+    """The objective that trains ``model``: DDPM (eps + learned Sigma, 1000 steps) for DiT, flow
+    matching on ``diffusion.path`` / ``diffusion.time_sampler`` for SiT and LightningDiT. Both have
+    the :class:`~repae.diffusion.objective.DiffusionObjective` interface."""
+    from repae.diffusion.gaussian import DDPMObjective
+    from repae.diffusion.objective import FlowMatching
+    from repae.diffusion.paths import get_path
+    from repae.diffusion.timesteps import get_time_sampler
+    from repae.models import objective_kind
+
+    if model is not None and objective_kind(model) == "ddpm":
+        return DDPMObjective(learn_sigma=model.config.learn_sigma)
+    return FlowMatching(get_path(cfg.diffusion.path), get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path))
 
 
 def check_token_counts(cfg: RunConfig, sit, encoders) -> None:

@@ -512,7 +512,8 @@ ARCHITECTURE = ("data.resolution", "tokenizer.preset", "model.preset", "model.nu
 HARMLESS = ("train.max_steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
             "train.keep_checkpoints", "train.resume", "train.threads", "train.report_to", "train.output_dir",
             "train.exp_name", "train.compile", "train.vae_checkpointing", "train.allow_tf32",
-            "train.max_nonfinite_skips", "data.num_workers", "sample.")
+            "train.max_nonfinite_skips", "train.final_eval_samples", "train.report", "train.diagnostics_every",
+            "data.num_workers", "sample.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

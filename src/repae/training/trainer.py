@@ -27,6 +27,7 @@ from repae.models.projectors import normalize_targets
 from repae.training import phases
 from repae.training.builders import (
     build_encoders,
+    build_objective,
     build_sit_for,
     build_tokenizer,
     check_token_counts,
@@ -111,17 +112,8 @@ class Trainer:
         """The generator's objective, the training dataset and (without statistics) the normaliser init."""
         cfg, recipe = self.cfg, self.recipe
         from repae.data import build_dataset
-        from repae.diffusion.gaussian import DDPMObjective
-        from repae.diffusion.objective import FlowMatching
-        from repae.diffusion.paths import get_path
-        from repae.diffusion.timesteps import get_time_sampler
-        from repae.models import objective_kind
 
-        if self.sit is not None and objective_kind(self.sit) == "ddpm":  # DiT: eps + learned Sigma, 1000 steps
-            self.objective = DDPMObjective(learn_sigma=self.sit.config.learn_sigma)
-        else:  # SiT, LightningDiT: flow matching
-            self.objective = FlowMatching(get_path(cfg.diffusion.path),
-                                          get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path))
+        self.objective = build_objective(cfg, self.sit)  # DiT: DDPM; SiT, LightningDiT (and no SiT): flow matching
         self.dataset = self._dataset if self._dataset is not None else build_dataset(
             cfg.data.source, resolution=cfg.data.resolution, split="train")
         if recipe.cached_latents:
