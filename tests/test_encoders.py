@@ -92,6 +92,7 @@ EXPECTED_DIMS = {
     "dinov2-vit-s": 384, "dinov2-vit-b": 768, "dinov2-vit-l": 1024, "dinov2-vit-g": 1536,
     "dinov1-vit-b": 768, "mocov3-vit-s": 384, "mocov3-vit-b": 768, "mocov3-vit-l": 1024,
     "clip-vit-L": 1024, "mae-vit-l": 1024, "jepa-vit-h": 1280, "random": 64, "repae-vit-t4": 192,
+    "repae-cnn-p4": 512,
 }  # fmt: skip
 
 
@@ -99,10 +100,10 @@ EXPECTED_DIMS = {
 def test_contract_every_entry(name):
     spec = encoder_spec(name)
     assert spec.embed_dim == EXPECTED_DIMS[name.replace("-reg", "")]
-    tokens = 64 if name == "repae-vit-t4" else 256
+    tokens = 64 if name.startswith("repae-") else 256
     assert spec.num_tokens(256) == tokens
-    # shallow build on meta: width, patch size and token count come from the real config
-    enc = build_encoder(name, device="meta", arch_overrides={"depth": 1})
+    # shallow build on meta (ViTs: one block): width, patch size and token count come from the real config
+    enc = build_encoder(name, device="meta", arch_overrides=None if name == "repae-cnn-p4" else {"depth": 1})
     assert (enc.name, enc.embed_dim, enc.patch_size) == (spec.name, spec.embed_dim, spec.patch_size)
     assert enc.num_tokens() == tokens
     out = enc(torch.empty(2, 3, 256, 256, dtype=torch.uint8, device="meta"))
@@ -443,6 +444,34 @@ def test_repae_vit_t4_loads_explicit_and_default(tmp_path, monkeypatch):
     monkeypatch.delenv(encoder_spec("repae-vit-t4").env_var, raising=False)
     _t4_without_default(monkeypatch, tmp_path / "t4.safetensors")
     assert torch.equal(load_encoder("repae-vit-t4")(x), out)
+
+
+def test_repae_cnn_p4_loads_strictly_and_matches_its_network(tmp_path, monkeypatch):
+    from repae.encoders.convnet import build_cnn_p4
+
+    torch.manual_seed(0)
+    model = build_cnn_p4().eval()
+    save_safetensors(tmp_path / "c.safetensors", model.state_dict())
+    enc = load_encoder("repae-cnn-p4", weights=tmp_path / "c.safetensors")
+    x = images(3, 32)
+    out = enc(x)
+    assert out.shape == (3, 64, 512)
+    with torch.no_grad():
+        ref = model.feature_map(uint8_to_unit(x)).flatten(2).transpose(1, 2)  # [3, 64, 512] row-major tokens
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert enc(images(1, 64)).shape == (1, 64, 512)  # resized to 32x32 first
+    # a ViT file, or a CNN of another width, is refused in one line naming the encoder
+    save_safetensors(tmp_path / "vit.safetensors", repae_vit_t4_model().state_dict())
+    with pytest.raises(ConfigError, match="repae-cnn-p4"):
+        load_encoder("repae-cnn-p4", weights=tmp_path / "vit.safetensors")
+    save_safetensors(tmp_path / "narrow.safetensors", build_cnn_p4(width=8).state_dict())
+    with pytest.raises(ConfigError, match="does not fit repae-cnn-p4"):
+        load_encoder("repae-cnn-p4", weights=tmp_path / "narrow.safetensors")
+    spec = dataclasses.replace(ENCODERS["repae-cnn-p4"], default_weights=lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setitem(ENCODERS, "repae-cnn-p4", spec)
+    monkeypatch.delenv(spec.env_var, raising=False)
+    with pytest.raises(MissingWeightsError, match="make_encoder_asset"):
+        load_encoder("repae-cnn-p4")
 
 
 def test_random_encoder_needs_no_file_and_is_seeded():

@@ -28,7 +28,8 @@ from repae.ssl.train import record_path
 
 TINY_ARCH = dict(depth=1, embed_dim=32, num_heads=2)
 TINY_OBJ = {"mae": dict(decoder_dim=16, decoder_depth=1, decoder_heads=2),
-            "dino": dict(out_dim=16, hidden_dim=16, bottleneck_dim=8, n_local=1)}
+            "dino": dict(out_dim=16, hidden_dim=16, bottleneck_dim=8, n_local=1),
+            "simclr": dict(proj_hidden=16, proj_dim=8)}
 
 
 def _images(n=8, seed=0):
@@ -56,6 +57,49 @@ def test_tiny_pretraining_is_deterministic(objective):
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
     assert set(a.state_dict) == set(build_vit_t4(**TINY_ARCH).state_dict())  # backbone only, timm keys
+
+
+def test_cnn_p4_simclr_pretraining_bf16_is_deterministic_and_loads_in_registry(tmp_path):
+    from repae.encoders import load_encoder
+    from repae.encoders.convnet import build_cnn_p4
+
+    x = _images(8)
+    cfg = dict(objective="simclr", architecture="cnn-p4", precision="bf16", batch_size=4, epochs=2, seed=1,
+               arch_overrides={"width": 4}, objective_overrides=TINY_OBJ["simclr"])
+    a, b = (pretrain(x, PretrainConfig(**cfg), progress=False) for _ in range(2))
+    assert all(np.isfinite(a.epoch_losses)) and a.epoch_losses == b.epoch_losses
+    assert set(a.state_dict) == set(build_cnn_p4(width=4).state_dict())  # backbone only: no projection head
+    path = tmp_path / "cnn.safetensors"
+    record = save_encoder(path, a)
+    assert record["architecture"] == "repae-cnn-p4" and record["config"]["precision"] == "bf16"
+    enc = load_encoder("repae-cnn-p4", weights=path, resolution=32, arch_overrides={"width": 4})
+    assert enc(x[:2]).shape == (2, 64, 64)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(objective="mae", architecture="cnn-p4"), "needs --architecture vit-t4"),
+                                        (dict(architecture="resnet"), "unknown architecture"),
+                                        (dict(precision="fp8"), "unknown precision")])
+def test_pretrain_config_errors_name_the_fix(bad, match):
+    from repae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        pretrain(_images(8), PretrainConfig(batch_size=4, **bad), progress=False)
+
+
+def test_simclr_loss_is_log_of_negatives_for_identical_embeddings():
+    """Analytic case: if every view has the same embedding, each row of NT-Xent is uniform over the
+    2B - 1 other views, so the loss is exactly log(2B - 1)."""
+    from repae.ssl.objectives import SimCLR, SimCLRConfig
+
+    class Constant(torch.nn.Module):
+        embed_dim = 4
+
+        def forward(self, x):  # [B, 3, H, W] -> the same tokens for every image
+            return torch.ones(x.shape[0], 2, 4) + 0 * x.mean()
+
+    obj = SimCLR(Constant(), SimCLRConfig(proj_hidden=8, proj_dim=4)).eval()
+    loss = obj.loss(torch.zeros(5, 3, 32, 32), torch.Generator().manual_seed(0))
+    assert abs(loss.item() - np.log(9)) < 1e-5
 
 
 def test_mae_loss_decreases_when_overfitting_four_images():
@@ -123,8 +167,7 @@ def test_missing_weights_error_is_one_line(tmp_path):
 
 
 def test_shipped_weights_and_record():
-    if not ASSET_WEIGHTS.exists():
-        pytest.skip("shipped encoder weights not generated yet")
+    assert ASSET_WEIGHTS.is_file()  # committed with the package (src/repae/assets), never generated at test time
     model = load_vit_t4()  # strict load of the shipped file into the exact architecture
     record = json.loads(open(record_path(ASSET_WEIGHTS)).read())
     assert record["command"].startswith("repae pretrain-encoder") and "seed" in record

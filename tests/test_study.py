@@ -80,6 +80,29 @@ def test_evaluate_claims_uses_only_the_numbers():
         assert c.a in KINDS and c.b in KINDS and c.better in ("lower", "higher")
 
 
+def test_image_variance_claims_are_new_and_leave_the_sv_claims_alone():
+    from repae.study.measure import RESULT_KEYS
+
+    by_id = {c.id: c for c in CLAIMS}
+    assert len(by_id) == len(CLAIMS)  # ids are unique
+    iv = by_id["e2e-collapses-image-variance"]
+    assert (iv.metric, iv.better, iv.a, iv.b) == ("latent_image_variance", "lower", "e2e-diffusion", "repa")
+    ivf = by_id["e2e-collapses-image-variance-fraction"]
+    assert (ivf.metric, ivf.better, ivf.a, ivf.b) == ("latent_image_variance_fraction", "lower", "e2e-diffusion",
+                                                      "repa")
+    keep = by_id["repa-loss-keeps-image-variance"]
+    assert (keep.metric, keep.better, keep.a, keep.b) == ("latent_image_variance", "higher", "repa-e", "e2e-diffusion")
+    sv = by_id["naive-e2e-collapses-sv"]  # the paper's own measure, unchanged
+    assert (sv.metric, sv.better, sv.a, sv.b) == ("latent_sv", "lower", "e2e-diffusion", "repa")
+    planned = set(build_plan(StudyConfig()).by_kind())  # the default study marks them
+    for c in (iv, ivf, keep):
+        assert c.metric in RESULT_KEYS and c.a in planned and c.b in planned
+    values = {"latent_image_variance": {"e2e-diffusion": [0.01], "repa": [2.5, 2.5], "repa-e": [2.0, 2.4]}}
+    verdicts = {v.claim.id: v for v in evaluate_claims(values)}
+    assert verdicts["e2e-collapses-image-variance"].mark == HOLDS  # pooled spread of the varying repa-e row
+    assert verdicts["repa-loss-keeps-image-variance"].mark == HOLDS
+
+
 # ---------------------------------------------------------------------------------------------
 # The plan
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +156,7 @@ def test_extras_add_rows_without_touching_the_default_runs():
     old = {r.name: (r.overrides, r.fingerprint(base.config)) for r in base.runs}
     new = {r.name: (r.overrides, r.fingerprint(full.config)) for r in full.runs}
     assert all(new[n] == old[n] for n in old)
-    assert set(new) - set(old) == {f"{k}-s0" for p in EXTRAS.values() for k in p}
+    assert set(new) - set(old) == {f"{k}-s0" for p in ("dit", "tokreg") for k in EXTRAS[p]}
     dit = full.get("dropin-dit-repa-s0")
     assert dit.depends_on == "repa-e-s0" and "model.preset=DiT-T/1" in dit.overrides
     assert "sample.sampler=ddpm" in dit.overrides and "train.recipe=repa" in dit.overrides
@@ -146,12 +169,13 @@ def test_extras_add_rows_without_touching_the_default_runs():
             assert full.get(n).depends_on in (None, *shard)
     for r in full.runs:  # every row's config validates (choices, ranges, sampler vs model)
         from repae.config import check_ranges, load_config
-        from repae.training.builders import check_sampler_matches_model
+        from repae.training.builders import check_sampler_matches_model, resolve_sampler
 
         rc = load_config(full.config.preset, list(r.overrides))
         check_ranges(rc)
         if KINDS[r.kind].family:
-            check_sampler_matches_model(rc.model.preset, rc.sample.sampler, "sample.sampler")
+            sampler = resolve_sampler(rc.model.preset, rc.sample.sampler)
+            check_sampler_matches_model(rc.model.preset, sampler, "sample.sampler")
     text = "\n".join(paper_commands(paper_config(kinds=full.config.kinds)))
     assert "model.preset=DiT-L/2" in text and "sample --checkpoint study-imagenet/runs/tok-se-s0" not in text
 
@@ -162,6 +186,167 @@ def test_cli_extra(capsys):
     assert "dropin-dit-s0" in out and "tokreg-vf-s0" in out
     assert main(["study", "--extra", "nope", "--dry-run"]) == 2
     assert "choose from dit, tokreg" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --extra targets: REPA gain against target quality (no training; the probe is faked)
+# ---------------------------------------------------------------------------------------------
+
+
+def _target_weights_env(tmp_path, monkeypatch, content: bytes = b"cnn-v1"):
+    """Stand-in weights files for the packaged targets (the registry's env vars), so nothing depends on
+    which assets exist; returns the CNN file."""
+    vit, cnn = tmp_path / "vit.safetensors", tmp_path / "cnn.safetensors"
+    vit.write_bytes(b"vit")
+    cnn.write_bytes(content)
+    monkeypatch.setenv("REPAE_REPAE_VIT_T4_WEIGHTS", str(vit))
+    monkeypatch.setenv("REPAE_REPAE_CNN_P4_WEIGHTS", str(cnn))
+    return cnn
+
+
+def test_extra_targets_plan_rows_and_overrides(tmp_path):
+    from repae.config import load_config
+    from repae.study.plan import target_weights_path
+
+    out = tmp_path / "study"
+    base = build_plan(StudyConfig(out=str(out)))
+    cfg = StudyConfig(out=str(out), kinds=(*DEFAULT_KINDS, *EXTRAS["targets"]),
+                      overrides=("align.encoders=[dinov2-vit-b]",))  # --set cannot change a target row's target
+    plan = build_plan(cfg)
+    assert set(plan.names()) - set(base.names()) == {"target-random-s0", "target-vit-s0", "target-cnn-s0"}
+    random_path = out / "targets" / "repae-vit-t4-random-seed0.safetensors"
+    assert target_weights_path(cfg, KINDS["target-random"]) == random_path
+    want = {"target-random-s0": ("repae-vit-t4", [str(random_path)]), "target-vit-s0": ("repae-vit-t4", []),
+            "target-cnn-s0": ("repae-cnn-p4", [])}
+    for name, (encoder, weights) in want.items():
+        r = plan.get(name)
+        assert r.recipe == "repa" and r.tables == ("targets",) and "tokenizer.weights=repae-vae-fmnist" in r.overrides
+        assert r.overrides[-2:] == (f"align.encoders=[{encoder}]", f"align.encoder_weights=[{weights[0] if weights else ''}]")
+        rc = load_config(cfg.preset, list(r.overrides))
+        assert rc.align.encoders == [encoder] and rc.align.encoder_weights == weights
+    assert all(not any(o.startswith("align.encoder_weights") for o in r.overrides)
+               for r in plan.runs if not KINDS[r.kind].target)  # the default rows keep the preset's target
+    unchanged = build_plan(StudyConfig(out=str(out), kinds=(*DEFAULT_KINDS, *EXTRAS["targets"])))
+    assert all(r.fingerprint(unchanged.config) == base.get(r.name).fingerprint(base.config) for r in base.runs)
+    with pytest.raises(ConfigError, match="--budget small only"):
+        build_plan(paper_config(kinds=(*DEFAULT_KINDS, *EXTRAS["targets"])))
+
+
+def test_random_target_file_is_deterministic(tmp_path, monkeypatch):
+    from repae.errors import MissingWeightsError
+    from repae.study.targets import prepare_targets, random_target_state, write_random_target
+
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a, b = tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors"
+    assert write_random_target(a) and write_random_target(b)
+    assert torch.equal(torch.rand(3), before)  # the global RNG is untouched
+    assert a.read_bytes() == b.read_bytes()  # same seed, same file: a stable run fingerprint
+    assert not write_random_target(a)  # written once
+    other = random_target_state(seed=1)
+    assert any(not torch.equal(v, other[k]) for k, v in random_target_state().items())
+    from repae.encoders import load_encoder
+
+    enc = load_encoder("repae-vit-t4", weights=a, resolution=32)  # what align.encoder_weights loads
+    assert enc(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape == (1, 64, 192)
+
+    cnn = _target_weights_env(tmp_path, monkeypatch)
+    plan = build_plan(StudyConfig(out=str(tmp_path / "study"), kinds=("vanilla", *EXTRAS["targets"])))
+    lines: list[str] = []
+    prepare_targets(plan, log=lines.append)
+    written = tmp_path / "study" / "targets" / "repae-vit-t4-random-seed0.safetensors"
+    assert written.read_bytes() == a.read_bytes() and len(lines) == 1
+    cnn.unlink()  # a missing target fails before any training, in one line
+    with pytest.raises(MissingWeightsError, match="repae-cnn-p4"):
+        prepare_targets(plan, log=lines.append)
+    prepare_targets(plan, [plan.get("target-vit-s0")], log=lines.append)  # only the selected runs are checked
+
+
+def _fake_probe(calls: list):
+    accuracy = {"target-random": 0.70, "target-vit": 0.82, "target-cnn": 0.86, "pixels": 0.833}
+
+    def probe(specs, *, log=print):
+        calls.append(dict(specs))
+        return {k: {"accuracy": accuracy[k], "train_accuracy": accuracy[k] + 0.05, "train_loss": 0.5, "num_train": 5,
+                    "num_test": 3, "feature_dim": 8, "weight_decay": 1e-4} for k in specs}
+
+    return probe
+
+
+def test_target_probes_are_cached(tmp_path, monkeypatch):
+    import repae.study.targets as targets
+
+    cnn = _target_weights_env(tmp_path, monkeypatch)
+    calls: list = []
+    monkeypatch.setattr(targets, "probe_targets", _fake_probe(calls))
+    plan = build_plan(StudyConfig(out=str(tmp_path / "study"), kinds=("vanilla", *EXTRAS["targets"])))
+    assert targets.target_probes(plan, compute=False)["targets"] == {}  # nothing probed, nothing written
+    assert not (tmp_path / "study" / "targets.json").exists() and not calls
+    first = targets.target_probes(plan, log=lambda line: None)
+    assert set(calls[0]) == {"target-random", "target-vit", "target-cnn", "pixels"}
+    assert calls[0]["target-random"] == ("repae-vit-t4", str(tmp_path / "study" / "targets" /
+                                                             "repae-vit-t4-random-seed0.safetensors"))
+    assert calls[0]["target-cnn"] == ("repae-cnn-p4", str(cnn)) and calls[0]["pixels"] == ("pixels", None)
+    saved = json.loads((tmp_path / "study" / "targets.json").read_text())["targets"]
+    assert saved["target-vit"]["encoder"] == "repae-vit-t4" and saved["target-vit"]["accuracy"] == 0.82
+    assert saved["target-cnn"]["weights"] == str(cnn) and saved["pixels"]["train_accuracy"] == pytest.approx(0.883)
+    assert first["targets"] == saved and not first["errors"]
+    again = targets.target_probes(plan, log=lambda line: None)
+    assert len(calls) == 1 and again["targets"] == saved  # cached: not probed again
+    cnn.write_bytes(b"cnn-v2")  # a retrained CNN: only it is probed again
+    targets.target_probes(plan, log=lambda line: None)
+    assert len(calls) == 2 and set(calls[1]) == {"target-cnn"}
+    cnn.unlink()
+    missing = targets.target_probes(plan, log=lambda line: None)
+    assert "target-cnn" in missing["errors"] and "target-cnn" not in missing["targets"] and len(calls) == 2
+
+
+def test_targets_report_table_and_figure_from_synthetic_results(tmp_path, monkeypatch):
+    import repae.study.report as report
+    import repae.study.targets as targets
+
+    _target_weights_env(tmp_path, monkeypatch)
+    calls: list = []
+    monkeypatch.setattr(targets, "probe_targets", _fake_probe(calls))
+    out = tmp_path / "study"
+    # the preset's target made explicit for the default repa row, so the test does not follow preset edits
+    cfg = StudyConfig(out=str(out), seeds=2, kinds=("vanilla", "repa", *EXTRAS["targets"]),
+                      overrides=("align.encoders=[repae-vit-t4]",))
+    plan = build_plan(cfg)
+    fids = {"vanilla-s0": 20.0, "vanilla-s1": 21.0, "repa-s0": 18.0, "repa-s1": 18.6, "target-random-s0": 23.0,
+            "target-vit-s0": 18.2, "target-cnn-s0": 16.0}
+    fake = {r.name: {"fid": fids[r.name], "sfid": 5.0, "class_accuracy": 0.8, "fd_curve": [[cfg.steps, fids[r.name]]],
+                     "feature_space": "evalnet-fmnist"} for r in plan.runs}
+    monkeypatch.setattr(report, "gather", lambda plan: fake)
+    paths = report.write_report(plan, log=lambda line: None)
+    assert len(calls) == 1  # probed once, because target runs have finished
+    res = json.loads(paths["json"].read_text())
+    table = next(t for t in res["tables"] if t["id"] == "targets")
+    rows = {r["cells"][0]: r["cells"] for r in table["rows"]}
+    assert rows["none (SiT vanilla)"][4] == "20.50 ± 0.71"
+    assert rows["random ViT (repae-vit-t4)"][2:7] == ["70.0 %", "1/1", "23.00", "-2.50", "5.00"]
+    assert rows["MAE ViT (repae-vit-t4)"][2] == "82.0 %" and rows["SimCLR CNN (repae-cnn-p4)"][5] == "+4.50"
+    assert rows["default REPA row (repae-vit-t4)"][2:5] == ["82.0 %", "2/2", "18.30 ± 0.42"]  # same target
+    assert rows["raw pixels (probe reference, not a target)"][2] == "83.3 %"
+    points = {p["kind"]: p for p in res["targets"]["points"]}
+    assert points["repa"]["same_as"] == "target-vit" and points["target-cnn"]["probe"] == 0.86
+    assert res["targets"]["probes"]["targets"]["pixels"]["accuracy"] == 0.833
+    claims = {c["claim"]["id"]: c for c in res["claims"]}
+    assert claims["mae-target-beats-random"]["mark"] == HOLDS  # 18.2 vs 23.0, pooled spread ~0.6
+    assert claims["simclr-target-beats-random"]["mark"] == HOLDS
+    png = out / "figures" / "fd-vs-probe.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    assert "## REPA gain against target quality" in md and "figures/fd-vs-probe.png" in md
+    assert "REPA gain against target quality" in paths["html"].read_text()
+    report.write_report(plan, log=lambda line: None)
+    assert len(calls) == 1  # targets.json is reused
+    for name in fake:  # no target run finished yet: the table is there, the probe waits, no figure
+        fake[name] = None
+    png.unlink()
+    report.write_report(plan, log=lambda line: None)
+    assert len(calls) == 1 and not png.exists()
 
 
 def test_paper_commands_cover_every_run():

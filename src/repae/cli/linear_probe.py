@@ -2,6 +2,8 @@
 
     repae linear-probe                                   # shipped repae-vit-t4, embedded train -> test
     repae linear-probe --encoder random                  # same architecture, random init (baseline)
+    repae linear-probe --encoder pixels                  # raw grey values (83.3 %: what a target must beat)
+    repae linear-probe --encoder repae-cnn-p4            # the shipped SimCLR CNN
 
 Prints the accuracy and writes a JSON ``{accuracy, train_accuracy, ...}`` (``--out``).
 """
@@ -17,8 +19,8 @@ from repae.ssl.probe_encoders import _data, token_function
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", default="repae-vit-t4",
-                        help="'repae-vit-t4' (default), 'random' (repae-vit-t4 shape, random init), "
-                             "or any name of repae.encoders")
+                        help="'repae-vit-t4' (default), 'random' (repae-vit-t4 shape, random init), 'pixels' "
+                             "(raw grey values, the baseline), or any name of repae.encoders (e.g. repae-cnn-p4)")
     parser.add_argument("--encoder-weights", default=None, help="weights file (default: the shipped asset)")
     parser.add_argument("--train-data", default="embedded", help="dataset spec for fitting the head (train split)")
     parser.add_argument("--test-data", default="embedded", help="dataset spec for the accuracy (test split)")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     fte = extract_features(fn, xte, batch_size=args.batch_size, device=args.device)
     result = linear_probe(ftr, ytr, fte, yte, weight_decay=args.weight_decay)
     record = {**asdict(result), "encoder": args.encoder, "encoder_weights": args.encoder_weights,
-              "train_data": args.train_data, "test_data": args.test_data, "features": "mean-pooled patch tokens",
+              "train_data": args.train_data, "test_data": args.test_data, "features": "raw grey values" if args.encoder == "pixels" else "mean-pooled patch tokens",
               "seed": args.seed}
     out = args.out or f"runs/probe/{args.encoder}.json"
     write_json(out, record)

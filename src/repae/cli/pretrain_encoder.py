@@ -1,7 +1,9 @@
-"""``repae pretrain-encoder``: self-supervised pretraining of the small ``repae-vit-t4`` encoder.
+"""``repae pretrain-encoder``: self-supervised pretraining of the project's small alignment encoders.
 
-    repae pretrain-encoder                                   # MAE, 40 epochs on the embedded data
-    repae pretrain-encoder --out src/repae/assets/repae-vit-t4-fmnist.safetensors   # the shipped file
+    repae pretrain-encoder                                   # repae-vit-t4: MAE, 40 epochs on the embedded data
+    repae pretrain-encoder --out src/repae/assets/repae-vit-t4-fmnist.safetensors   # the shipped ViT
+    repae pretrain-encoder --architecture cnn-p4 --objective simclr --data fashion-mnist \
+        --batch-size 256 --precision bf16 --epochs 15      # repae-cnn-p4 (scripts/make_encoder_asset.py)
 
 Writes the backbone weights (timm-format safetensors) and a JSON record next to them (command,
 seed, epochs, wall time, per-epoch loss curve and, unless ``--no-probe``, the linear-probe
@@ -19,10 +21,14 @@ DEFAULT_OUT = "runs/encoder/repae-vit-t4.safetensors"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="embedded", help="dataset spec (see repae.data.build_dataset); default: embedded")
-    parser.add_argument("--objective", default="mae", choices=["mae", "dino"], help="self-supervised objective")
+    parser.add_argument("--objective", default="mae", choices=["mae", "dino", "simclr"], help="self-supervised objective")
+    parser.add_argument("--architecture", default="vit-t4", choices=["vit-t4", "cnn-p4"],
+                        help="vit-t4 = repae-vit-t4 (any objective); cnn-p4 = repae-cnn-p4 (simclr)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast of the forward pass")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=None, help="peak AdamW lr (default: 8e-4 for mae, 1e-3 for dino)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak AdamW lr (default: 8e-4 for mae, 1e-3 for dino, 2e-3 for simclr)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"weights file (default: {DEFAULT_OUT})")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -41,19 +47,21 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from repae.data import build_dataset, dataset_to_tensor
-    from repae.ssl.train import PretrainConfig, pretrain, save_encoder
+    from repae.ssl.train import PretrainConfig, check_config, pretrain, save_encoder
 
     torch.set_num_threads(args.threads)
     images, _ = dataset_to_tensor(build_dataset(args.data, resolution=32, split="train"), progress=True)
-    cfg = PretrainConfig(objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, device=args.device)
+    cfg = PretrainConfig(objective=args.objective, architecture=args.architecture, precision=args.precision,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+    check_config(cfg)  # before reading 60,000 images
     result = pretrain(images, cfg)
     extra = {"command": _command_line(args), "data": args.data, "num_images": int(images.shape[0]),
              "final_metrics": {"loss": round(result.epoch_losses[-1], 5)}}
     if not args.no_probe:
         from repae.ssl.probe_encoders import probe_encoders
 
-        accs = probe_encoders({"trained": result.state_dict}, seed=args.seed, device=args.device)
+        accs = probe_encoders({"trained": result.state_dict}, seed=args.seed, device=args.device,
+                              architecture=args.architecture)
         extra["final_metrics"].update({"probe_accuracy": accs["trained"].accuracy,
                                        "random_probe_accuracy": accs["random"].accuracy,
                                        "probe": "embedded train -> embedded test (1000), mean-pooled patch tokens, "

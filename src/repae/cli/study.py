@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "paper: pretrained/sd-vae-ft-mse)")
     parser.add_argument("--extra", action="append", default=None, metavar="PART[,PART]",
                         help="add rows to the default study: 'dit' (the DiT half of the drop-in table), 'tokreg' "
-                        "(SE / EQ-VAE / VF-loss fine-tunes of VAE init., a fresh SiT on each); one seed each; "
-                        "finished default runs are reused")
+                        "(SE / EQ-VAE / VF-loss fine-tunes of VAE init., a fresh SiT on each), 'targets' (REPA with a "
+                        "random / MAE ViT / SimCLR CNN alignment target; FD against each target's linear probe); one "
+                        "seed each; finished default runs are reused")
     parser.add_argument("--only", action="append", default=None, metavar="NAME[,NAME]",
                         help="run only these runs (names: see --dry-run); repeatable")
     parser.add_argument("--shard", default=None, metavar="i/n",

@@ -30,6 +30,7 @@ from torch import nn
 
 from repae.encoders import checkpoints as ck
 from repae.encoders.base import CLIP_MEAN, CLIP_STD, PixelPipeline, RepresentationEncoder
+from repae.encoders.convnet import ConvTokenEncoder, build_cnn_p4, load_convnet_weights
 from repae.encoders.vit_timm import LoadReport, TimmViTEncoder, build_timm_vit, load_timm_weights
 from repae.errors import ConfigError, MissingWeightsError
 
@@ -94,6 +95,7 @@ class EncoderSpec:
     weights_file: str = "weights.pth"  # the file to supply (named in the error)
     default_weights: Callable[[], Path] | None = None  # packaged default file, if any
     missing_hint: str = ""  # extra advice appended to MissingWeightsError
+    loader: Callable[..., LoadReport] = load_timm_weights  # (encoder, spec, path) -> LoadReport
 
     @property
     def env_var(self) -> str:
@@ -145,6 +147,19 @@ def build_random(
 
 def _vit(spec: EncoderSpec, *, resolution: int, device="cpu", arch_overrides=None) -> TimmViTEncoder:
     return build_timm_vit(spec, resolution=resolution, device=device, arch_overrides=arch_overrides)
+
+
+def _cnn(spec: EncoderSpec, *, resolution: int, device="cpu", arch_overrides=None) -> ConvTokenEncoder:
+    model = build_cnn_p4(**(arch_overrides or {})).to(device)
+    return ConvTokenEncoder(model, name=spec.name, resolution=resolution, input_resolution=spec.input_size(resolution),
+                            pixels=spec.pixels)
+
+
+def repae_cnn_p4_default_path() -> Path:
+    """Packaged weights of the project's CNN encoder: ``<repae>/assets/repae-cnn-p4-fmnist.safetensors``."""
+    from repae.utils.assets import asset
+
+    return asset("repae-cnn-p4-fmnist.safetensors")
 
 
 def repae_vit_t4_default_path() -> Path:
@@ -320,6 +335,21 @@ _SPECS: tuple[EncoderSpec, ...] = (
         default_weights=repae_vit_t4_default_path,
         missing_hint="run `repae pretrain-encoder` to create it",
     ),
+    EncoderSpec(
+        name="repae-cnn-p4",
+        family="repae",
+        embed_dim=512,
+        patch_size=4,
+        input_size=fixed_32,
+        pixels=PIX_UNIT,
+        builder=_cnn,
+        resolutions=None,
+        formats=("repae .safetensors (repae pretrain-encoder --architecture cnn-p4)",),
+        weights_file="repae-cnn-p4-fmnist.safetensors",
+        default_weights=repae_cnn_p4_default_path,
+        missing_hint="run `python scripts/make_encoder_asset.py` to create it",
+        loader=load_convnet_weights,
+    ),
 )
 
 ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in _SPECS}
@@ -425,7 +455,7 @@ def load_encoder(
         return build_encoder(name, resolution=resolution, device=device, arch_overrides=arch_overrides, **options)
     path = resolve_weights(spec, weights)
     enc = spec.builder(spec, resolution=resolution, device="meta", arch_overrides=arch_overrides, **options)
-    report: LoadReport = load_timm_weights(enc, spec, str(path))
+    report: LoadReport = spec.loader(enc, spec, str(path))
     enc.load_report = report
     return enc.to(device).freeze()
 

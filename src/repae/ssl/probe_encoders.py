@@ -2,6 +2,8 @@
 
     repae linear-probe                                   # shipped repae-vit-t4, embedded train -> test
     repae linear-probe --encoder random                  # same architecture, random init (baseline)
+    repae linear-probe --encoder pixels                  # raw grey values (the floor a target must beat)
+    repae linear-probe --encoder repae-cnn-p4            # the shipped SimCLR CNN
     repae linear-probe --encoder repae-vit-t4 --encoder-weights runs/encoder/repae-vit-t4.safetensors
 
 Prints the accuracy and writes a JSON ``{accuracy, train_accuracy, ...}`` (``--out``).
@@ -19,13 +21,6 @@ def _vit_t4_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
 
     model.eval().requires_grad_(False)
     return lambda u: patch_tokens(model, preprocess(u))  # [B, 64, D]
-
-
-def _random_fn(weights, seed: int, device: str):
-    from repae.ssl.vit import build_vit_t4
-
-    torch.manual_seed(seed)
-    return _vit_t4_fn(build_vit_t4().to(device))
 
 
 def _registry_fn(name: str, weights, resolution: int, device: str):
@@ -46,9 +41,16 @@ def _registry_fn(name: str, weights, resolution: int, device: str):
     raise ConfigError(f"encoder {name!r} needs repae.encoders; use 'repae-vit-t4' or 'random'")
 
 
+def _pixels_fn(u: torch.Tensor) -> torch.Tensor:
+    """The baseline every encoder must beat: the grey values themselves as one token ``[B, 1, H*W]``."""
+    return u[:, :1].flatten(1).float()[:, None] / 255.0  # [B, 1, H*W]
+
+
 def token_function(name: str, *, weights=None, seed: int = 0, resolution: int = 32, device: str = "cpu"):
+    if name == "pixels":
+        return _pixels_fn
     if name == "random":
-        return _random_fn(weights, seed, device)
+        return _state_dict_fn("vit-t4", None, seed, device, {})
     return _registry_fn(name, weights, resolution, device)
 
 
@@ -63,21 +65,34 @@ def _data(spec: str, split: str, resolution: int):
     return dataset_to_tensor(build_dataset(spec, resolution=resolution, split=split))
 
 
-def probe_encoders(state_dicts: dict, *, seed: int = 0, device: str = "cpu", weight_decay: float = 1e-4,
-                   train_data: str = "embedded", test_data: str = "embedded", include_random: bool = True) -> dict:
-    """Probe in-memory ``repae-vit-t4`` state dicts (and a random encoder) -> ``{name: ProbeResult}``."""
-    from repae.ssl.probe import extract_features, linear_probe
+def _state_dict_fn(architecture: str, state_dict: dict | None, seed: int, device: str, arch_overrides: dict):
+    """Token function of an in-memory ``vit-t4`` / ``cnn-p4`` state dict (``None``: seeded random init)."""
+    from repae.conventions import uint8_to_unit
+    from repae.encoders.convnet import build_cnn_p4
     from repae.ssl.vit import build_vit_t4
+
+    torch.manual_seed(seed)
+    model = {"vit-t4": build_vit_t4, "cnn-p4": build_cnn_p4}[architecture](**arch_overrides)
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    if architecture == "vit-t4":
+        return _vit_t4_fn(model.to(device))
+    model = model.to(device).eval().requires_grad_(False)
+    return lambda u: model(uint8_to_unit(u))  # [B, 64, D]
+
+
+def probe_encoders(state_dicts: dict, *, seed: int = 0, device: str = "cpu", weight_decay: float = 1e-4,
+                   train_data: str = "embedded", test_data: str = "embedded", include_random: bool = True,
+                   architecture: str = "vit-t4", arch_overrides: dict | None = None) -> dict:
+    """Probe in-memory state dicts of one architecture (and a random one of its shape) -> ``{name: ProbeResult}``."""
+    from repae.ssl.probe import extract_features, linear_probe
 
     xtr, ytr = _data(train_data, "train", 32)
     xte, yte = _data(test_data, "test", 32)
-    fns = {}
-    for name, sd in state_dicts.items():
-        model = build_vit_t4()
-        model.load_state_dict(sd, strict=True)
-        fns[name] = _vit_t4_fn(model.to(device))
+    over = dict(arch_overrides or {})
+    fns = {name: _state_dict_fn(architecture, sd, seed, device, over) for name, sd in state_dicts.items()}
     if include_random:
-        fns["random"] = _random_fn(None, seed, device)
+        fns["random"] = _state_dict_fn(architecture, None, seed, device, over)
     out = {}
     for name, fn in fns.items():
         ftr = extract_features(fn, xtr, device=device)

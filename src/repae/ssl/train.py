@@ -21,22 +21,33 @@ import torch
 from tqdm.auto import tqdm
 
 from repae.conventions import uint8_to_unit
+from repae.encoders.convnet import build_cnn_p4
 from repae.errors import ConfigError
-from repae.ssl.objectives import OBJECTIVES
+from repae.ssl.objectives import OBJECTIVES, VIT_ONLY
 from repae.ssl.vit import build_vit_t4
 from repae.utils.io import save_safetensors, write_json
 
-DEFAULT_LR = {"mae": 8e-4, "dino": 1e-3}  # peak AdamW lr at batch 128 (chosen by a short sweep, see ssl/__init__)
+# peak AdamW lr (mae/dino at batch 128, chosen by a short sweep, see ssl/__init__; simclr at batch 256)
+DEFAULT_LR = {"mae": 8e-4, "dino": 1e-3, "simclr": 2e-3}
+# architecture name -> (builder of the trainable backbone, registry name of the frozen encoder)
+ARCHITECTURES = {
+    "vit-t4": (lambda **o: build_vit_t4(dynamic_img_size=True, **o), "repae-vit-t4"),
+    "cnn-p4": (build_cnn_p4, "repae-cnn-p4"),
+}
+DEFAULT_WD = {"mae": 0.05, "dino": 0.05, "simclr": 1e-4}  # AdamW decoupled weight decay
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
 class PretrainConfig:
-    objective: str = "mae"                # "mae" (default) or "dino" (DINO + iBOT patch term)
+    objective: str = "mae"                # "mae" (default), "dino" (DINO + iBOT patch term) or "simclr"
+    architecture: str = "vit-t4"          # "vit-t4" (repae-vit-t4) or "cnn-p4" (repae-cnn-p4; simclr only)
+    precision: str = "fp32"               # "fp32" or "bf16" (autocast of the forward; weights and optimizer fp32)
     epochs: int = 40
     batch_size: int = 128
     lr: float | None = None               # peak lr; None -> DEFAULT_LR[objective]
     min_lr: float = 1e-5                  # cosine floor
-    weight_decay: float = 0.05            # on matrices only (not biases / norms / tokens)
+    weight_decay: float | None = None     # on matrices only (not biases / norms / tokens); None -> DEFAULT_WD
     warmup_epochs: float = 1.0            # linear warm-up length
     grad_clip: float = 3.0                # DINO's clip value
     seed: int = 0
@@ -65,17 +76,28 @@ def _lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> flo
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
 
+def check_config(cfg: PretrainConfig) -> None:
+    """One-line errors for names that do not exist or do not fit together."""
+    for what, value, table in (("objective", cfg.objective, OBJECTIVES), ("architecture", cfg.architecture, ARCHITECTURES),
+                               ("precision", cfg.precision, PRECISIONS)):
+        if value not in table:
+            raise ConfigError(f"unknown {what} {value!r}; choose one of {sorted(table)}")
+    if cfg.objective in VIT_ONLY and cfg.architecture != "vit-t4":
+        raise ConfigError(f"objective {cfg.objective} masks ViT patch tokens and needs --architecture vit-t4; "
+                          f"use --objective simclr for {cfg.architecture}")
+
+
 def build_objective(cfg: PretrainConfig) -> torch.nn.Module:
-    if cfg.objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}")
+    check_config(cfg)
     cls, cfg_cls = OBJECTIVES[cfg.objective]
     torch.manual_seed(cfg.seed)
-    backbone = build_vit_t4(dynamic_img_size=True, **cfg.arch_overrides)
+    backbone = ARCHITECTURES[cfg.architecture][0](**cfg.arch_overrides)
     return cls(backbone, cfg_cls(**cfg.objective_overrides))
 
 
 def pretrain(images: torch.Tensor, cfg: PretrainConfig, *, progress: bool = True) -> PretrainResult:
     """Train the encoder on uint8 images ``[N, 3, H, W]``; returns the backbone weights and losses."""
+    check_config(cfg)
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ConfigError(f"expected uint8 images [N,3,H,W], got {images.dtype} {tuple(images.shape)}")
     n = images.shape[0]
@@ -86,7 +108,8 @@ def pretrain(images: torch.Tensor, cfg: PretrainConfig, *, progress: bool = True
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.objective]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
                              {"params": no_decay, "weight_decay": 0.0}], lr=0.0, betas=(0.9, 0.95))
     peak = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.objective]
     steps_per_epoch = n // cfg.batch_size  # drop_last
@@ -107,7 +130,9 @@ def pretrain(images: torch.Tensor, cfg: PretrainConfig, *, progress: bool = True
             x = uint8_to_unit(data[idx])  # [B, 3, H, W] in [-1, 1]
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, peak, cfg.min_lr)
-            loss = model.loss(x, _step_generator(cfg.seed, step))
+            with torch.autocast(device.type, dtype=PRECISIONS[cfg.precision] or torch.float32,
+                                enabled=PRECISIONS[cfg.precision] is not None):
+                loss = model.loss(x, _step_generator(cfg.seed, step))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -135,8 +160,9 @@ def record_path(weights_path: str | os.PathLike) -> str:
 
 def save_encoder(path: str | os.PathLike, result: PretrainResult, *, extra: dict | None = None) -> dict:
     """Write weights (safetensors, timm keys) and the JSON record; returns the record."""
+    name = ARCHITECTURES[result.config.architecture][1]
     record = {
-        "architecture": "repae-vit-t4",
+        "architecture": name,
         "objective": result.config.objective,
         "seed": result.config.seed,
         "epochs": result.config.epochs,
@@ -148,8 +174,8 @@ def save_encoder(path: str | os.PathLike, result: PretrainResult, *, extra: dict
         "threads": torch.get_num_threads(),
         **(extra or {}),
     }
-    meta = {"architecture": "repae-vit-t4", "objective": result.config.objective, "seed": result.config.seed,
-            "format": "timm VisionTransformer state dict"}
+    meta = {"architecture": name, "objective": result.config.objective, "seed": result.config.seed,
+            "format": "timm VisionTransformer state dict" if name == "repae-vit-t4" else "repae ConvTokenNet state dict"}
     save_safetensors(path, result.state_dict, metadata=meta)
     write_json(record_path(path), record)
     return record

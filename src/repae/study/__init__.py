@@ -4,6 +4,7 @@
 * :mod:`repae.study.claims` -- the paper's claims and the pure rule that marks them from per-seed numbers;
 * :mod:`repae.study.measure` -- the identical evaluation of every run and the per-run results;
 * :mod:`repae.study.run` -- resumable execution (``--only`` / ``--shard`` for parallel processes);
+* :mod:`repae.study.targets` -- ``--extra targets``: the random target's weights, the targets' linear probes;
 * :mod:`repae.study.report` -- ``report.html``, ``report.md``, ``results.json``.
 
 Python::

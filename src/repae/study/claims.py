@@ -15,7 +15,20 @@ Every claim compares one metric between two rows of the study (:data:`repae.stud
    **inconclusive (within seed noise)**. A row without finished runs makes the claim inconclusive.
 
 The rule and the list below were fixed before any study was run; nothing in the report adapts
-either to the results. Sources: the seed's tables (``../shared/seed/repa-e-presentation.txt``) and
+either to the results. One exception, stated here: the three image-variance claims
+(``e2e-collapses-image-variance``, ``e2e-collapses-image-variance-fraction``,
+``repa-loss-keeps-image-variance``) were added on 2026-12-06 (issue 21), after the first study had
+run. Its PCA views had shown that naive end-to-end training turns the latent into one fixed map
+that the spatial-variance claims cannot see, which is why the measure was made; the claims were
+written (same rule, same rows as the spatial-variance claims) before the measure had been computed
+on any trained run (only the frozen "VAE init." was measured, as a reference value in
+``docs/analysis.md``: IV/SV 0.61). No earlier claim was changed. Likewise the two target-quality
+claims (``mae-target-beats-random``, ``simclr-target-beats-random``) were added on 2026-12-06
+(issue 21 item 2) together with the ``--extra targets`` rows they compare, before any of those rows
+had run or any target had been probed in a study; they are fixed pairs of rows (a pretrained target
+against the random one of the same study), not "the best-probing target", so no probe or FD result
+can choose what is compared. Sources: the seed's tables
+(``../shared/seed/repa-e-presentation.txt``) and
 ``../shared/docs/spec-repae.md`` section 9 (the paper's ablations there are marked [unverified]).
 """
 
@@ -60,6 +73,20 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("repa-loss-keeps-sv", "end-to-end tuning with the REPA loss keeps a higher spatial variance than with "
           "the diffusion loss", "seed 'Naive End-to-End Tuning is Ineffective': E2E w/ REPA 18.02 vs w/ Diff. 0.02",
           "latent_sv", "higher", "repa-e", "e2e-diffusion"),
+    # added 2026-12-06, before the measure was computed on any run (module docstring)
+    Claim("e2e-collapses-image-variance", "back-propagating the diffusion loss into the VAE collapses the latent's "
+          "image variance (the part of its spatial variance that changes from image to image)",
+          "seed 'Naive End-to-End Tuning is Ineffective' (sec. 3.1): the latent collapses (SV 17.06 -> 0.02); "
+          "image variance is our measure of that collapse (repae.analysis.latent_stats), not the paper's",
+          "latent_image_variance", "lower", "e2e-diffusion", "repa"),
+    Claim("e2e-collapses-image-variance-fraction", "... and the share of its spatial variance that changes from "
+          "image to image (scale-free; 0 = the same map for every image)",
+          "seed 'Naive End-to-End Tuning is Ineffective' (sec. 3.1); our measure, not the paper's",
+          "latent_image_variance_fraction", "lower", "e2e-diffusion", "repa"),
+    Claim("repa-loss-keeps-image-variance", "end-to-end tuning with the REPA loss keeps a higher image variance than "
+          "with the diffusion loss", "seed 'Naive End-to-End Tuning is Ineffective': E2E w/ REPA keeps the latent "
+          "(SV 18.02) where E2E w/ Diff. collapses it (0.02); our measure, not the paper's",
+          "latent_image_variance", "higher", "repa-e", "e2e-diffusion"),
     Claim("naive-e2e-hurts-fd", "naive end-to-end training (diffusion loss into the VAE) gives a worse FD than a "
           "frozen VAE", "seed 'Naive End-to-End Tuning is Ineffective': 'reduced generation performance'",
           "fid", "lower", "repa", "e2e-diffusion"),
@@ -104,6 +131,15 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("e2e-vae-rfid", "the E2E-VAE reconstructs better (rFID) than the tokenizer it started from",
           "seed system table: SD-VAE rFID 0.61 vs E2E-VAE 0.28; spec 9.2 'comparable or better'",
           "rfid", "lower", "repa-e", "repa"),
+    # --extra targets; added 2026-12-06 with those rows, before any of them ran (module docstring)
+    Claim("mae-target-beats-random", "REPA aligned to the pretrained (MAE) repae-vit-t4 gives a lower FD than REPA "
+          "aligned to a random ViT of the same architecture (a better target, better generation)",
+          "REPA (Yu et al. 2024), sec. 4 [unverified]: alignment targets with a higher linear-probe accuracy give a "
+          "lower FID ('better encoder, better generation'); the random target is our control, not the paper's",
+          "fid", "lower", "target-vit", "target-random"),
+    Claim("simclr-target-beats-random", "... and so does REPA aligned to the pretrained (SimCLR) repae-cnn-p4",
+          "REPA (Yu et al. 2024), sec. 4 [unverified]: 'better encoder, better generation'; our CNN target and "
+          "random control, not the paper's", "fid", "lower", "target-cnn", "target-random"),
 )
 
 

@@ -8,8 +8,10 @@ For each run (a ``repae`` run folder) the study writes, in the layouts the other
   ``eval_samples`` samples of the final EMA checkpoint (``repae evaluate --checkpoint --out`` layout);
 * ``eval/recon.json`` -- rFID / PSNR / SSIM of the run's tokenizer on ``recon_data``
   (``repae evaluate --recon --out`` layout; for frozen-VAE runs this is the frozen tokenizer);
-* ``analysis/analysis.json`` -- spatial variance, total variation, CKNNA of the final checkpoint
-  (``repae analyze RUN --checkpoints latest`` layout) and ``study/grid.pt`` (its PCA views).
+* ``analysis/analysis.json`` -- spatial variance, total variation, image variance (between images,
+  :mod:`repae.analysis.latent_stats`), CKNNA of the final checkpoint (``repae analyze RUN
+  --checkpoints latest`` layout) and ``study/grid.pt`` (its PCA views). Runs analysed before image
+  variance existed get it added by :func:`backfill_image_variance` (same images, nothing else rewritten).
 
 Every run is sampled with the same labels, per-sample seeds, sampler, steps and guidance
 (``StudyConfig.eval_seed`` etc.), against one reference, in the offline ``evalnet-fmnist``
@@ -33,7 +35,10 @@ from repae.utils.io import write_json
 #: per-run result keys (collect_run): eval/step-*.json, eval/recon.json, analysis/analysis.json
 RESULT_KEYS = ("fid", "sfid", "inception_score", "precision", "recall", "class_accuracy", "rfid", "psnr", "ssim",
                "latent_sv", "latent_tv", "latent_tv_sum", "latent_sv_seen", "latent_tv_over_sqrt_sv", "cknna",
-               "latent_cknna")
+               "latent_cknna", "latent_image_variance", "latent_image_variance_fraction")
+
+#: latent_stats fields added after the first studies ran (backfill_image_variance adds them to old analyses)
+IMAGE_VARIANCE_FIELDS = ("image_variance", "pattern_variance", "image_variance_fraction")
 
 
 def _clean(obj: Any) -> Any:
@@ -221,6 +226,37 @@ def evaluate_run(run_dir: Path, evaluator: StudyEvaluator) -> dict:
     return collect_run(run_dir)
 
 
+def backfill_image_variance(run_dir: Path, evaluator: StudyEvaluator) -> bool:
+    """Add the image-variance fields to a finished run's ``analysis/analysis.json`` that lacks them.
+
+    The latest checkpoint's tokenizer encodes the study's analysis images again (the same seeded
+    subset :func:`evaluate_run` used) and only the missing fields of each ``stats`` variant are
+    written; every number already in the file stays as it is. Returns whether the file changed
+    (False: no analysis, or nothing missing).
+    """
+    from repae.analysis.pipeline import load_checkpoint_models, measure_vae
+    from repae.training.checkpoint import latest_checkpoint
+
+    path = Path(run_dir) / "analysis" / "analysis.json"
+    analysis = read_json(path)
+    entry = (analysis.get("inputs") or [None])[0] if isinstance(analysis, dict) else None
+    stats = entry.get("stats") if isinstance(entry, dict) else None
+    if not isinstance(stats, dict) or all(f in (stats.get("raw") or {}) for f in IMAGE_VARIANCE_FIELDS):
+        return False
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return False
+    tok, _, run_cfg = load_checkpoint_models(ckpt, evaluator.device)
+    data = evaluator.analysis_images(run_cfg.data.resolution)
+    fresh = measure_vae(tok, data, device=evaluator.device, full=False)["stats"]
+    for variant, values in fresh.items():
+        old = stats.setdefault(variant, {})
+        old.update({f: values[f] for f in IMAGE_VARIANCE_FIELDS if f not in old})
+    entry["image_variance_backfilled"] = {"checkpoint": str(ckpt), "num_images": int(data.images.shape[0])}
+    write_json(path, _clean(analysis))
+    return True
+
+
 def collect_run(run_dir: Path, *, final_step: int | None = None) -> dict | None:
     """The flat per-run result (``RESULT_KEYS`` + ``step`` + ``fd_curve``) from the files in a run folder.
 
@@ -252,7 +288,8 @@ def collect_run(run_dir: Path, *, final_step: int | None = None) -> dict | None:
     out.update(latent_sv=raw.get("spatial_variance"), latent_tv=raw.get("total_variation"),
                latent_tv_sum=raw.get("tv_sum"), latent_tv_over_sqrt_sv=raw.get("tv_over_sqrt_sv"),
                latent_sv_seen=seen.get("spatial_variance"), cknna=entry.get("cknna_at_depth"),
-               latent_cknna=entry.get("latent_cknna"))
+               latent_cknna=entry.get("latent_cknna"), latent_image_variance=raw.get("image_variance"),
+               latent_image_variance_fraction=raw.get("image_variance_fraction"))
     curve = read_json(run_dir / "study" / "fd_curve.json")
     if isinstance(curve, dict) and curve:
         points = sorted((int(s), v.get("fid")) for s, v in curve.items() if isinstance(v, dict))

@@ -29,6 +29,13 @@ dropin-repa         repa            E2E-VAE     all      drop-in, tokenizer ("E2
 counterparts are the ``repa`` and ``vanilla`` rows themselves (a frozen VAE init. with and without
 REPA is exactly those runs), so the drop-in table costs two runs per seed, not four.
 
+``--extra targets`` (issue 21 item 2, REPA's "better encoder, better generation" at laptop scale)
+adds one REPA row per alignment target, each naming its target explicitly (``align.encoders`` and
+``align.encoder_weights``, applied after ``--set`` so that no override can make two targets equal):
+a random ``repae-vit-t4`` (seeded init, written once to ``<out>/targets/`` by
+:mod:`repae.study.targets`), the shipped MAE ``repae-vit-t4`` and the shipped SimCLR ``repae-cnn-p4``.
+:mod:`repae.study.targets` also probes each target once per study (``<out>/targets.json``).
+
 Budget of the default (``small``) study. :func:`estimate_seconds` predicts each run from
 :data:`STEP_COST` (median ``train_step`` seconds of each recipe at batch 64, one thread, idle
 reference machine, 2026-12-02), :data:`SAMPLE_COST` and :data:`RUN_OVERHEAD`: about 62 min for the
@@ -63,6 +70,8 @@ class Kind:
     tables: tuple[str, ...]
     overrides: tuple[str, ...] = ()  # this row's own run overrides (e.g. a tokenizer regulariser)
     family: str = "SiT"  # generator: "SiT" (the preset's) | "DiT" (same size and patch) | "" (tokenizer only)
+    target: str = ""  # --extra targets: the row's alignment encoder (registry name; "" = the preset's)
+    target_weights: str = ""  # "" = that encoder's packaged weights | "random" = seeded init (target_weights_path)
 
     @property
     def source(self) -> str | None:
@@ -102,6 +111,14 @@ KINDS: dict[str, Kind] = {
     "tokreg-se": Kind("vanilla", "SE fine-tune + SiT", "run:tok-se", "ablation", ("tokreg",)),
     "tokreg-eq": Kind("vanilla", "EQ-VAE fine-tune + SiT", "run:tok-eq", "ablation", ("tokreg",)),
     "tokreg-vf": Kind("vanilla", "VF-loss fine-tune + SiT", "run:tok-vf", "ablation", ("tokreg",)),
+    # --extra targets: REPA with alignment targets of different linear-probe accuracy (repae.study.targets);
+    # the vanilla row is the no-target reference of the figure
+    "target-random": Kind("repa", "REPA, random ViT target", "init", "ablation", ("targets",),
+                          target="repae-vit-t4", target_weights="random"),
+    "target-vit": Kind("repa", "REPA, MAE ViT target", "init", "ablation", ("targets",),
+                       target="repae-vit-t4"),
+    "target-cnn": Kind("repa", "REPA, SimCLR CNN target", "init", "ablation", ("targets",),
+                       target="repae-cnn-p4"),
 }
 
 #: the rows of the default study (issue: REPA-E vs baselines, ablations, SiT drop-in)
@@ -111,7 +128,10 @@ DEFAULT_KINDS: tuple[str, ...] = ("vanilla", "repa", "repa-e", "dropin-vanilla",
 EXTRAS: dict[str, tuple[str, ...]] = {
     "dit": ("dit", "dit-repa", "dropin-dit", "dropin-dit-repa"),
     "tokreg": ("tok-base", "tok-se", "tok-eq", "tok-vf", "tokreg-base", "tokreg-se", "tokreg-eq", "tokreg-vf"),
+    "targets": ("target-random", "target-vit", "target-cnn"),
 }
+#: seed of the random alignment target's init (its weights file is fixed by it: a stable run fingerprint)
+RANDOM_TARGET_SEED = 0
 
 #: seconds per training step at batch 64, one thread of the 2-core reference machine (module docstring)
 STEP_COST: dict[str, float] = {  # median of 5 train_step calls, 1 thread, idle machine, 2026-12-02
@@ -167,6 +187,9 @@ class StudyConfig:
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
             raise ConfigError(f"unknown study row(s) {', '.join(unknown)}; choose from: {', '.join(KINDS)}")
+        if self.budget == "paper" and any(KINDS[k].target for k in self.kinds):
+            raise ConfigError("--extra targets runs at --budget small only (its targets are the 32x32 Fashion-MNIST "
+                              "encoders repae-vit-t4 / repae-cnn-p4); drop it from the paper study")
         for text in self.overrides:
             if "=" not in text or "." not in text.split("=", 1)[0]:
                 raise ConfigError(f"--set {text!r} must look like section.key=value (e.g. train.threads=1)")
@@ -203,9 +226,18 @@ class RunSpec:
         return Path(out) / "runs" / self.name
 
     def fingerprint(self, cfg: StudyConfig) -> str:
-        """Hash of everything the run's numbers depend on (output folder excluded)."""
+        """Hash of everything the run's numbers depend on (output folder and thread count excluded).
+
+        It includes the *resolved* run config, not only the preset's name: editing the preset file
+        (e.g. a new default encoder) makes every finished run of an older study stale instead of
+        silently mixing settings in one report."""
+        from repae.config import load_config
+
         keep = [o for o in self.overrides if not o.startswith(("train.output_dir=", "train.threads="))]
-        payload = {"preset": cfg.preset, "overrides": keep, "eval": cfg.settings()}
+        resolved = load_config(cfg.preset, keep).to_dict()
+        for key in ("output_dir", "threads"):
+            resolved["train"].pop(key, None)
+        payload = {"preset": cfg.preset, "overrides": keep, "eval": cfg.settings(), "resolved": resolved}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -312,7 +344,8 @@ def build_plan(cfg: StudyConfig) -> Plan:
             else:
                 tok = []  # vae-scratch ignores tokenizer.weights; the normaliser starts from data statistics
             overrides = (*common, f"train.recipe={kind.recipe}", f"train.seed={seed}", f"train.exp_name={name}",
-                         *tok, *kind.overrides, *cfg.overrides, *_family_overrides(cfg, kind.family))
+                         *tok, *kind.overrides, *cfg.overrides, *_family_overrides(cfg, kind.family),
+                         *_target_overrides(cfg, kind))
             spec = RunSpec(name=name, kind=k, recipe=kind.recipe, seed=seed, label=kind.label, tables=kind.tables,
                            overrides=overrides, depends_on=depends,
                            exports_vae=any(KINDS[j].source == k for j in kinds))
@@ -345,6 +378,23 @@ def _family_overrides(cfg: StudyConfig, family: str) -> list[str]:
         raise ConfigError(f"the DiT rows need a DiT of the study's model size ({sit} -> {dit}), which does not exist; "
                           f"choose a model with --set model.preset=SiT-XL/2 (patch 2, 4 or 8) or drop --extra dit")
     return [f"model.preset={dit}", "sample.sampler=ddpm"]
+
+
+def target_weights_path(cfg: StudyConfig, kind: Kind) -> Path | None:
+    """Weights file of a target row's alignment encoder: ``<out>/targets/<encoder>-random-seed<N>.safetensors``
+    for the random target (inside the study folder, content fixed by :data:`RANDOM_TARGET_SEED`), None for an
+    encoder's packaged weights or a row that is not a target row."""
+    if kind.target and kind.target_weights == "random":
+        return Path(cfg.out) / "targets" / f"{kind.target}-random-seed{RANDOM_TARGET_SEED}.safetensors"
+    return None
+
+
+def _target_overrides(cfg: StudyConfig, kind: Kind) -> list[str]:
+    """A target row's alignment target, explicit (not the preset's), last (``--set`` cannot change it)."""
+    if not kind.target:
+        return []
+    path = target_weights_path(cfg, kind)
+    return [f"align.encoders=[{kind.target}]", f"align.encoder_weights=[{path if path is not None else ''}]"]
 
 
 # ---------------------------------------------------------------------------------------------

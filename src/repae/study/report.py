@@ -10,8 +10,11 @@ Contents, from the finished runs only (:func:`repae.study.measure.collect_run`):
    generation at equal budget (system table), FD at each step ("100K / 200K / 400K Iterations"),
    the component ablation (paper Table 6), the naive end-to-end table (sec. 3.1), the drop-in
    tokenizer table ("The impact of end-to-end tuning", sec. 4.3) and the tokenizer table (rFID);
+   with ``--extra targets`` the "REPA gain against target quality" table (each alignment target's
+   linear-probe accuracy from :mod:`repae.study.targets` beside its FD);
    every cell is the mean over seeds ``± sample standard deviation`` when there are several;
-4. FD vs step of every row on one axis, and the latent PCA views of every row side by side.
+4. FD vs step of every row on one axis, and the latent PCA views of every row side by side; with
+   ``--extra targets``, final FD against the target's probe accuracy (``figures/fd-vs-probe.png``).
 
 Nothing here selects, reorders or drops numbers depending on their values.
 """
@@ -27,7 +30,8 @@ from typing import Any
 
 from repae.study.claims import CLAIMS, FAILS, HOLDS, INCONCLUSIVE, evaluate_claims, mean_sd
 from repae.study.measure import RESULT_KEYS, collect_run, read_json
-from repae.study.plan import KINDS, Plan, curve_points
+from repae.study.plan import KINDS, RANDOM_TARGET_SEED, Plan, curve_points
+from repae.study.targets import PIXELS, repa_row_target, target_kinds, target_probes
 from repae.utils.io import write_json
 
 # (key, header) of the sample-metric columns, as in the seed's tables
@@ -35,7 +39,8 @@ GEN_COLS = (("fid", "gFID↓"), ("sfid", "sFID↓"), ("inception_score", "IS↑"
             ("recall", "Rec.↑"), ("class_accuracy", "class acc.↑"))
 DIGITS = {"fid": 2, "sfid": 2, "inception_score": 2, "precision": 3, "recall": 3, "class_accuracy": 3, "rfid": 2,
           "psnr": 2, "ssim": 3, "latent_sv": 4, "latent_tv": 4, "latent_tv_sum": 1, "latent_sv_seen": 3,
-          "latent_tv_over_sqrt_sv": 3, "cknna": 3, "latent_cknna": 3}
+          "latent_tv_over_sqrt_sv": 3, "cknna": 3, "latent_cknna": 3, "latent_image_variance": 4,
+          "latent_image_variance_fraction": 3}
 MARK_BADGE = {HOLDS: "✅ holds", FAILS: "❌ does not hold", INCONCLUSIVE: "➖ inconclusive"}
 
 
@@ -105,7 +110,9 @@ def _table(id_: str, title: str, source: str, columns: list[str], rows: list, no
     return {"id": id_, "title": title, "source": source, "columns": columns, "rows": kept, "note": note}
 
 
-def build_tables(plan: Plan, results: dict[str, dict | None]) -> list[dict]:
+def build_tables(plan: Plan, results: dict[str, dict | None], probes: dict | None = None) -> list[dict]:
+    """The report's tables; ``probes``: :func:`repae.study.targets.target_probes` (the targets table's
+    probe column; None: not probed)."""
     cfg = plan.config
     values = row_values(plan, results)
     curves = curve_values(plan, results)
@@ -151,15 +158,18 @@ def build_tables(plan: Plan, results: dict[str, dict | None]) -> list[dict]:
     tables.append(_table("ablation", "Component ablation", "paper Table 6 (seed 'Component')",
                          ["Component", "seeds", *gen_heads[:5]], rows))
     # 4. naive end-to-end tuning (sec. 3.1)
-    keys = ["latent_sv", "latent_tv", "latent_tv_sum", "latent_sv_seen", "cknna", "fid"]
+    keys = ["latent_sv", "latent_tv", "latent_tv_sum", "latent_sv_seen", "latent_image_variance",
+            "latent_image_variance_fraction", "cknna", "fid"]
     labels = {"repa": "w/o E2E Tuning", "repa-e": "E2E w/ REPA Loss", "e2e-diffusion": "E2E w/ Diff. Loss"}
     rows = [{"cells": [labels[k], n(k), *cells(k, keys)]} for k in ("repa", "repa-e", "e2e-diffusion") if k in kinds]
     tables.append(_table("collapse", "Naive end-to-end tuning", "seed 'Naive End-to-End Tuning is Ineffective' "
                          "(paper sec. 3.1: spatial variance 17.06 / 18.02 / 0.02, total variation 6627 / 5516 / 90)",
                          ["Training Strategy", "seeds", "Spatial Variance", "Total Variation", "TV (sum)",
-                          "SV seen by SiT", "CKNNA", "gFID↓"], rows,
+                          "SV seen by SiT", "Image Variance", "IV / SV", "CKNNA", "gFID↓"], rows,
                          note="posterior mean on the analysis images; 'w/o E2E Tuning' = the frozen VAE init. "
-                         "(measured in the REPA runs); SV/TV definitions: repae.analysis.latent_stats"))
+                         "(measured in the REPA runs); image variance = the part of SV that changes between images "
+                         "(0: the same map for every image; not in the paper); SV/TV/IV definitions: "
+                         "repae.analysis.latent_stats"))
     # 5. drop-in: VAE | Diffusion model | REPA | gFID
     spec = [("vanilla", "VAE init.", "×"), ("dropin-vanilla", "E2E-VAE (Ours)", "×"),
             ("repa", "VAE init.", "✓"), ("dropin-repa", "E2E-VAE (Ours)", "✓"),
@@ -191,6 +201,9 @@ def build_tables(plan: Plan, results: dict[str, dict | None]) -> list[dict]:
                              note="gFID etc.: a fresh vanilla SiT trained on the frozen tokenizer; rFID / PSNR / SSIM "
                              f"on {cfg.recon_data}; weights: SE 0.25, EQ p=0.5 (scales >= 0.75), VF 0.1 "
                              "(the docs' settings)"))
+    # 8. REPA gain against the alignment target's linear-probe accuracy (--extra targets)
+    if target_kinds(plan):
+        tables.append(_targets_table(plan, results, probes, values, n))
     # 6. tokenizer quality with generation
     spec = [("repa", "VAE init.", "REPA"), ("dropin-repa", "E2E-VAE (Ours)", "REPA"),
             ("repa-e", "E2E-VAE (Ours)", "REPA-E (end-to-end)")]
@@ -201,6 +214,73 @@ def build_tables(plan: Plan, results: dict[str, dict | None]) -> list[dict]:
                          ["Tokenizer", "Method", "Steps", "seeds", "rFID↓", "PSNR↑", "gFID↓", "sFID↓", "IS↑",
                           "Prec.↑", "Rec.↑"], rows, note=f"rFID / PSNR on {cfg.recon_data}"))
     return [t for t in tables if any("cells" in r for r in t["rows"])]
+
+
+def _target_name(kind: str) -> str:
+    """"REPA, MAE ViT target" -> "MAE ViT (repae-vit-t4)"."""
+    return f"{KINDS[kind].label.removeprefix('REPA, ').removesuffix(' target')} ({KINDS[kind].target})"
+
+
+def target_points(plan: Plan, results: dict[str, dict | None], probes: dict | None) -> list[dict]:
+    """One entry per target row, in plan order, plus the default ``repa`` row right after the target it
+    uses (:func:`repae.study.targets.repa_row_target`): ``{kind, name, encoder, weights, probe,
+    train_probe, fid: [per seed], same_as}`` (``probe``: accuracy in [0, 1], None when not probed)."""
+    values = row_values(plan, results)["fid"]
+    entries = (probes or {}).get("targets", {})
+    repa_as = repa_row_target(plan)
+    out = []
+    for k in target_kinds(plan):
+        kind, entry = KINDS[k], entries.get(k) or {}
+        weights = (f"random init. (seed {RANDOM_TARGET_SEED})" if kind.target_weights == "random" else "packaged")
+        point = {"kind": k, "name": _target_name(k), "encoder": kind.target, "weights": weights,
+                 "weights_path": entry.get("weights"), "probe": entry.get("accuracy"),
+                 "train_probe": entry.get("train_accuracy"), "fid": values.get(k, []), "same_as": None}
+        out.append(point)
+        if k == repa_as:
+            out.append({**point, "kind": "repa", "name": f"default REPA row ({kind.target})", "fid": values.get("repa", []),
+                        "same_as": k})
+    return out
+
+
+def _targets_table(plan: Plan, results: dict[str, dict | None], probes: dict | None, values: dict, n) -> dict:
+    cfg = plan.config
+    entries = (probes or {}).get("targets", {})
+    fids = values["fid"]
+    vanilla = fids.get("vanilla") or []
+    v_mean = mean_sd(vanilla)[0] if vanilla else None
+
+    def pct(acc) -> str:
+        return f"{100 * acc:.1f} %" if isinstance(acc, (int, float)) else "–"
+
+    def gain(vals: list[float]) -> str:
+        return f"{v_mean - mean_sd(vals)[0]:+.2f}" if v_mean is not None and vals else "–"
+
+    def rest(kind: str) -> list[str]:
+        return [fmt(values[k].get(kind), k) for k in ("sfid", "class_accuracy")]
+
+    rows: list = []
+    if "vanilla" in {r.kind for r in plan.runs}:
+        rows.append({"cells": ["none (SiT vanilla)", "–", "–", n("vanilla"), fmt(vanilla, "fid"), "0 (reference)",
+                               *rest("vanilla")]})
+    for p in target_points(plan, results, probes):
+        rows.append({"cells": [p["name"], p["weights"] if not p["same_as"] else f"packaged (same as {p['same_as']})",
+                               pct(p["probe"]), n(p["kind"]), fmt(p["fid"], "fid"), gain(p["fid"]), *rest(p["kind"])]})
+    rows.append({"cells": ["raw pixels (probe reference, not a target)", "–", pct(entries.get(PIXELS, {}).get("accuracy")),
+                           "–", "–", "–", "–", "–"]})
+    num_test = next((e.get("num_test") for e in entries.values() if isinstance(e, dict) and e.get("num_test")), None)
+    note = ("linear probe: mean-pooled patch tokens, logistic regression (weight decay 1e-4), embedded train split -> "
+            f"{num_test or 'the'} embedded test images (the protocol of `repae linear-probe`), once per study in "
+            "targets.json; REPA gain = FD(vanilla) - FD(row), means over seeds (> 0: the target helps); every target "
+            f"row is REPA on VAE init. with {min(cfg.ablation_seeds, cfg.seeds)} seed(s), its target set explicitly")
+    if any(p["same_as"] for p in target_points(plan, results, probes)):
+        note += "; the default REPA row trains the same setting as the target row it names, with the study's seeds"
+    errors = (probes or {}).get("errors") or {}
+    if errors:
+        note += "; not probed: " + "; ".join(f"{k} ({why})" for k, why in errors.items())
+    return _table("targets", "REPA gain against target quality", "REPA's 'better encoder, better generation' "
+                  "(Yu et al. 2024: targets that probe better give a lower FID), at laptop scale (--extra targets)",
+                  ["Alignment target", "Weights", "Linear probe↑", "seeds", "gFID↓", "REPA gain↑", "sFID↓",
+                   "class acc.↑"], rows, note=note)
 
 
 def _model_name(plan: Plan, kind: str, default: str) -> str:
@@ -285,6 +365,51 @@ def fd_curve_png(plan: Plan, results: dict[str, dict | None]) -> bytes | None:
     ax.set_title("FD vs step, every row (line: mean over seeds, dots: seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    return _fig_png(fig)
+
+
+def fd_probe_png(plan: Plan, results: dict[str, dict | None], probes: dict | None) -> bytes | None:
+    """Final FD against the alignment target's linear-probe accuracy (REPA's "better encoder, better
+    generation"): one point per target (mean; error bar: seed sd; dots: seeds), vanilla as a dashed line,
+    the raw-pixel probe as a dotted line. None when no target has both a probe and a finished run."""
+    from repae.analysis.report import _fig_png, _plt
+
+    points = [p for p in target_points(plan, results, probes) if isinstance(p["probe"], (int, float)) and p["fid"]]
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, p in enumerate(points):
+        color = cycle[i % len(cycle)]
+        x = 100 * p["probe"]
+        m, s = mean_sd(p["fid"])
+        seeds = len(p["fid"])
+        hollow = p["same_as"] is not None
+        ax.errorbar([x], [m], yerr=[s] if s is not None else None, fmt="s" if hollow else "o", ms=8, capsize=4,
+                    color=color, mfc="none" if hollow else color, lw=1.4,
+                    label=f"{p['name']}: {m:.2f}" + (f" ± {s:.2f}" if s is not None else "")
+                    + f" ({seeds} seed{'s' if seeds != 1 else ''})")
+        if seeds > 1:
+            ax.scatter([x] * seeds, p["fid"], s=12, color=color, alpha=0.4)
+        ax.annotate(p["name"], (x, m), textcoords="offset points", xytext=(7, -13 if hollow else 6), fontsize=8,
+                    color=color)
+    vanilla = row_values(plan, results)["fid"].get("vanilla")
+    if vanilla:
+        vm, vs = mean_sd(vanilla)
+        ax.axhline(vm, ls="--", color="0.35", lw=1.2,
+                   label=f"vanilla SiT (no target): {vm:.2f}" + (f" ± {vs:.2f}" if vs is not None else ""))
+        if vs:
+            ax.axhspan(vm - vs, vm + vs, color="0.35", alpha=0.08)
+    pix = ((probes or {}).get("targets", {}).get(PIXELS) or {}).get("accuracy")
+    if isinstance(pix, (int, float)):
+        ax.axvline(100 * pix, ls=":", color="0.1", lw=1.2, label=f"raw pixels, linear probe {100 * pix:.1f} %")
+    ax.set_xlabel("linear-probe accuracy of the alignment target (%, embedded test split)")
+    ax.set_ylabel(f"final FD ({plan.config.eval_samples} samples, {plan.config.steps} steps)")
+    ax.set_title("REPA gain against target quality: final FD vs the target's linear-probe accuracy", fontsize=10)
+    ax.margins(x=0.1, y=0.1)  # room for the point labels
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _fig_png(fig)
 
 
@@ -381,8 +506,12 @@ def _settings_lines(plan: Plan, results: dict) -> list[str]:
     return lines
 
 
-def write_report(plan: Plan) -> dict[str, Path]:
-    """Write ``<out>/report.html``, ``report.md``, ``results.json`` (+ ``figures/``); return the paths."""
+def write_report(plan: Plan, *, log=print) -> dict[str, Path]:
+    """Write ``<out>/report.html``, ``report.md``, ``results.json`` (+ ``figures/``); return the paths.
+
+    With target rows (``--extra targets``) the targets' linear probes are read from ``<out>/targets.json``,
+    and computed once (:func:`repae.study.targets.target_probes`) when missing and a target run has finished.
+    """
     from repae.analysis.report import CSS, _figure
     from repae.utils.io import atomic_path
 
@@ -391,7 +520,11 @@ def write_report(plan: Plan) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     fig_dir = out / "figures"
     results = gather(plan)
-    tables = build_tables(plan, results)
+    probes = None
+    if target_kinds(plan):
+        probed = any(results.get(r.name) for r in plan.runs if KINDS[r.kind].target)
+        probes = target_probes(plan, compute=probed, log=log)
+    tables = build_tables(plan, results, probes)
     verdicts = claim_verdicts(plan, results)
     counts = {m: sum(v.mark == m for v in verdicts) for m in (HOLDS, FAILS, INCONCLUSIVE)}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -405,6 +538,14 @@ def write_report(plan: Plan) -> dict[str, Path]:
             Path(tmp).write_bytes(fd_png)
         figures.append(("FD vs step of every row on one axis (mean over seeds; dots: individual seeds).",
                         fig_dir / "fd_vs_step.png"))
+    probe_png = fd_probe_png(plan, results, probes) if probes is not None else None
+    if probe_png is not None:
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(fig_dir / "fd-vs-probe.png") as tmp:
+            Path(tmp).write_bytes(probe_png)
+        figures.append(("REPA gain against target quality: final FD of REPA with each alignment target against that "
+                        "target's linear-probe accuracy (error bars: seed sd); dashed: vanilla SiT without a target; "
+                        "dotted: the linear probe of raw pixels.", fig_dir / "fd-vs-probe.png"))
     pca = pca_png(plan, fig_dir)
     if pca is not None:
         figures.append(("Latent PCA views (PC1-3 -> RGB) of every distinct tokenizer side by side, on the same images "
@@ -423,6 +564,9 @@ def write_report(plan: Plan) -> dict[str, Path]:
         "claims": [v.to_dict() for v in verdicts],
         "claim_counts": counts,
         "tables": tables,
+        **({"targets": {"probes": probes, "points": [{**p, "fid_summary": summary(p["fid"])}
+                                                     for p in target_points(plan, results, probes)]}}
+           if probes is not None else {}),
     })
 
     title = "repae study: REPA-E against its baselines and ablations at equal budget"
@@ -430,7 +574,9 @@ def write_report(plan: Plan) -> dict[str, Path]:
     rule = ("Marks come from the numbers only (repae.study.claims): a claim holds when the rows differ in the "
             "claimed direction by more than the sum of their seed standard deviations, does not hold when they "
             "differ by more in the other direction, and is inconclusive otherwise. The claims and the rule were "
-            "fixed before any study ran; nothing is tuned toward a result.")
+            "fixed before any study ran, except the three image-variance claims, added after the first study but "
+            "before the measure was computed on any trained run, and the two target-quality claims, added with the "
+            "--extra targets rows before any of them ran (repae.study.claims); nothing is tuned toward a result.")
 
     md = [f"# {title}", "", f"Generated {stamp}.", ""] + [f"- {s}" for s in settings] + [
         "", f"## Claims ({tally})", "", rule, ""]

@@ -9,6 +9,11 @@
 * Before each run one progress line names it, with the study's ETA; after it one line gives its
   time, FD and the remaining ETA (the cost model of :mod:`repae.study.plan`, rescaled by the
   measured/predicted ratio of the runs this process has finished).
+* A finished run whose latent analysis predates the image-variance measure gets it added
+  (:func:`repae.study.measure.backfill_image_variance`; the run is not trained or sampled again).
+* ``--extra targets``: before any run starts, the random alignment target's weights are written
+  once into ``<out>/targets/`` and the other targets' weights are checked
+  (:func:`repae.study.targets.prepare_targets`).
 * Each invocation ends by writing the report of everything finished so far
   (:func:`repae.study.report.write_report`).
 
@@ -27,8 +32,9 @@ from pathlib import Path
 import torch
 
 from repae.errors import ConfigError
-from repae.study.measure import FDCurveHook, StudyEvaluator, evaluate_run, read_json
+from repae.study.measure import FDCurveHook, StudyEvaluator, backfill_image_variance, evaluate_run, read_json
 from repae.study.plan import KINDS, Plan, RunSpec, StudyConfig, build_plan, estimate_seconds
+from repae.study.targets import prepare_targets
 from repae.utils.io import write_json
 
 
@@ -194,6 +200,8 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, shard: tuple[i
     check_tokenizer(cfg, plan)
     for r in selected:  # fail on a mixed-up --out before hours of training, not in the middle
         check_fingerprint(r, cfg)
+    # --extra targets: the random target's weights file (once, seeded) and the other targets' weights exist
+    prepare_targets(plan, [r for r in selected if not is_done(r, cfg)], log=log)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -202,7 +210,9 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, shard: tuple[i
     ran, skipped, waiting = [], [], []
     for spec in selected:
         if is_done(spec, cfg):
-            progress.skip(spec, "finished earlier, skipped")
+            added = backfill_image_variance(spec.run_dir(cfg.out), evaluator)  # analyses older than the measure
+            progress.skip(spec, "finished earlier, skipped" + (" (image variance added to its analysis)" if added
+                                                               else ""))
             skipped.append(spec.name)
             continue
         if spec.depends_on and not is_done(plan.get(spec.depends_on), cfg):
@@ -218,6 +228,6 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, shard: tuple[i
     if report:
         from repae.study.report import write_report
 
-        paths = write_report(plan)
+        paths = write_report(plan, log=log)
         log(f"study: report -> {paths['html']} ({paths['md'].name}, {paths['json'].name})")
     return {"ran": ran, "skipped": skipped, "waiting": waiting, "report": paths}
