@@ -9,7 +9,7 @@ import pytest
 import repae.cli.bench as cli_bench
 from repae.cli import main
 
-TINY = ["bench", "--threads", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+TINY = ["bench", "--config", "tiny-fmnist", "--threads", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"]
 
 
 def test_profile_reports_top_ops_host_syncs_and_no_graph_breaks(tmp_path, capsys):

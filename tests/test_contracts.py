@@ -115,7 +115,7 @@ def repae_train(recipe: str, preset: str, out: Path, name: str, *extra: str) -> 
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(repae.api, "default_hooks", small_default_hooks)
-        code = main(["train", "--recipe", recipe, "--no-export", *TINY, f"model.preset={preset}",
+        code = main(["train", "--config", "tiny-fmnist", "--recipe", recipe, "--no-export", *TINY, f"model.preset={preset}",
                      f"train.output_dir={out}", f"train.exp_name={name}", *extra])
     assert code == 0, f"repae train failed for {name}"
     assert seen and seen[-1] >= {LatentHealthHook, SampleGridHook, ReportHook}, "a default hook went missing"

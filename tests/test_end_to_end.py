@@ -17,7 +17,7 @@ def test_train_export_sample_evaluate(tmp_path, capsys):
     run = tmp_path / "runs" / "e2e"
     common = [f"train.output_dir={tmp_path / 'runs'}", "train.exp_name=e2e", "train.batch_size=16",
               "train.checkpoint_every=2", "train.sample_every=4", "sample.num_images=4", "sample.num_steps=4",
-              "tokenizer.stats_images=64", "train.log_every=1"]
+              "tokenizer.stats_images=64", "train.log_every=1", "train.final_eval_samples=50"]
     assert main(["train", *common, "train.max_steps=2"]) == 0  # the default recipe and shipped encoder
     assert (run / "checkpoints" / "step-0000002" / "models.safetensors").exists()
     assert main(["train", *common, "train.max_steps=4"]) == 0  # resumes from step 2
@@ -27,6 +27,9 @@ def test_train_export_sample_evaluate(tmp_path, capsys):
     assert (run / "e2e-vae" / "latent_stats.json").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["loss"]["perceptual"] == "laplacian" and config["train"]["recipe"] == "repa-e"
+    assert config["model"]["preset"] == "SiT-XS/1" and config["align"]["encoders"] == ["repae-cnn-p4"]
+    final = json.loads((run / "final-samples.json").read_text())  # the end-of-run measurement of the default
+    assert final["step"] == 4 and final["num_samples"] == 50 and "real_fid" in final
 
     from repae.tokenizer import Tokenizer
 

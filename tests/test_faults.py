@@ -148,7 +148,7 @@ def _driver(argv: list[str]) -> int:
     from repae.cli import main
 
     root, overrides = argv[0], argv[1:]
-    return main(["train", "--no-export", *OVERRIDES, f"train.output_dir={root}", *overrides])
+    return main(["train", "--config", "tiny-fmnist", "--no-export", *OVERRIDES, f"train.output_dir={root}", *overrides])
 
 
 def _zygote() -> None:

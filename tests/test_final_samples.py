@@ -71,3 +71,16 @@ def test_hook_skips_other_data_with_a_reason(caplog, tmp_path):
     with caplog.at_level(logging.INFO, logger="repae.final"):
         FinalSamplesHook(10).on_end(trainer)
     assert "skipped" in caplog.text and not (cfg.run_dir / "final-samples.json").exists()
+
+
+def test_sampling_precision_is_a_run_setting(run):
+    """sample.precision: the run's own (fp32 here, bf16 in the fmnist preset); bad values fail in one line."""
+    from repae.config import load_config
+    from repae.errors import ConfigError
+    from repae.sampling.generator import Generator
+    from repae.training.builders import validate_config
+
+    assert Generator.from_checkpoint(run).precision == "fp32"
+    assert load_config("fmnist").sample.precision == "bf16" and load_config("tiny-fmnist").sample.precision == "fp32"
+    with pytest.raises(ConfigError, match="sample.precision"):
+        validate_config(load_config("tiny-fmnist", ["sample.precision=fp8"]))

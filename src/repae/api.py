@@ -2,7 +2,7 @@
 
     import repae
 
-    run = repae.train("tiny-fmnist", overrides=["train.max_steps=300"])   # -> Path of the run folder
+    run = repae.train("fmnist", overrides=["train.max_steps=400"])        # -> Path of the run folder
     gen = repae.load(run)                                                 # EMA SiT + E2E-VAE, sampling ready
     images = gen([0, 1, 2], seeds=[0, 1, 2])                              # uint8 [3, 3, 32, 32]
     tok = repae.Tokenizer.from_pretrained(run / "e2e-vae")                # the exported E2E-VAE
@@ -34,7 +34,7 @@ def default_hooks(cfg: RunConfig) -> list:
     return hooks + ([ReportHook()] if cfg.train.report else [])
 
 
-def train(config: str | RunConfig | None = "tiny-fmnist", *, overrides: Sequence[str] = (), export: bool = True,
+def train(config: str | RunConfig | None = "fmnist", *, overrides: Sequence[str] = (), export: bool = True,
           hooks: list | None = None) -> Path:
     """Train (or resume) a run and return its folder; exports the E2E-VAE when the recipe trains one.
 

@@ -2,7 +2,7 @@
 
 Examples::
 
-    repae analyze runs/repae-tiny-fmnist                       # -> runs/repae-tiny-fmnist/analysis/
+    repae analyze runs/repae-fmnist                            # -> runs/repae-fmnist/analysis/
     repae analyze runs/repae runs/e2e-diffusion --out cmp/     # two runs on the same axes
     repae analyze sd-vae-ft-mse/ e2e-vae/ --data imagenet/val --num-images 10000 --encoder dinov2-vit-b \\
         --encoder-weights dinov2_vitb14_pretrain.pth

@@ -22,7 +22,7 @@ _SWEEP_HELP = "--sweep KEY=V1,V2,... (e.g. --sweep train.batch_size=8,16,32)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="tiny-fmnist", help="preset name or YAML path")
+    parser.add_argument("--config", default="fmnist", help="preset name or YAML path")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile, allocator)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

@@ -38,10 +38,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--guidance-high", type=float, default=None, help="CFG applied for t <= this")
     g.add_argument("--seed", type=int, default=0, help="labels and per-sample seeds derive from it (default 0)")
     g.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA weights")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="arithmetic of the network and the VAE decode (autocast; the solver state stays "
-                        "fp32/fp64). fp32 (default) as generate.py; bf16 is the fast path on GPUs and on CPUs "
-                        "with AMX-bf16 (docs/benchmarks.md)")
+                        "fp32/fp64). Unset: the run's sample.precision (fp32 for official files, as generate.py); "
+                        "bf16 is the fast path on GPUs and on CPUs with AVX512-BF16/AMX (docs/benchmarks.md)")
     return g
 
 

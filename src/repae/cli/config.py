@@ -9,7 +9,7 @@ from repae.config import available_presets, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="tiny-fmnist", help=f"preset name ({', '.join(available_presets())}) or YAML path")
+    parser.add_argument("--config", default="fmnist", help=f"preset name ({', '.join(available_presets())}) or YAML path")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=256")
 
 

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             ref = compute_reference(source, extractor, batch_size=args.batch_size, progress=progress)
         if args.checkpoint:
             gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device, **official_kwargs(args))
-            gen.precision = args.precision
+            gen.precision = args.precision or getattr(gen, "precision", "fp32")
             num_classes = args.num_classes or getattr(gen, "num_classes", None)
             if not num_classes:
                 raise ConfigError("the generator does not expose num_classes; pass --num-classes")

@@ -2,7 +2,7 @@
 
 Examples::
 
-    repae report runs/repae-tiny-fmnist                 # -> runs/repae-tiny-fmnist/report.html
+    repae report runs/repae-fmnist                      # -> runs/repae-fmnist/report.html
     repae report runs/x --out x.html --no-analyze       # only what the run folder already holds
 
 The page embeds every image (base64 PNG) and loads nothing from the network, so it opens from

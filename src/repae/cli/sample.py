@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.allow_tf32 = not args.no_tf32
     try:
         gen = load_generator(args.checkpoint, ema=not args.no_ema, device=device, **official_kwargs(args))
-        gen.precision = args.precision
+        gen.precision = args.precision or getattr(gen, "precision", "fp32")
         kw = resolve_sampling(args, gen.sample_defaults)
         start = time.perf_counter()
         result = sample_to_outputs(

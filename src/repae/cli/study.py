@@ -23,12 +23,12 @@ from repae.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", choices=["small", "paper"], default="small",
-                        help="small: run the study here (embedded data; measured 43 min on 2 cores as 2 shards); paper: print the "
+                        help="small: run the study here (embedded data; see docs/study.md for the measured cost); paper: print the "
                         "ImageNet torchrun command lines of the same study instead of running it")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds of the REPA-E / REPA / vanilla / drop-in rows (small: 2, paper: 1)")
+                        help="seeds of the REPA-E / REPA / vanilla / drop-in rows (small: 3, paper: 1)")
     parser.add_argument("--out", default=None, help="study folder (small: study, paper: study-imagenet)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps of every run (small: 240, paper: 100000)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps of every run (small: 960, paper: 100000)")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch of every run (small: 64, paper: 256)")
     parser.add_argument("--tokenizer", default=None,
                         help="'VAE init.': shipped name, tokenizer folder or weights file (small: repae-vae-fmnist, "

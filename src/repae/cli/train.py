@@ -1,8 +1,9 @@
 """`repae train`: run a recipe from a preset plus dotted overrides.
 
-With no arguments it trains REPA-E end to end on the embedded Fashion-MNIST subset with the
-tiny presets and the project's own alignment encoder, on the CPU, and leaves a checkpoint, a
-sample grid, metrics and an exported E2E-VAE in ``runs/repae-tiny-fmnist``.
+With no arguments it runs the preset ``fmnist``: REPA-E end to end on the embedded Fashion-MNIST
+subset from the shipped tokenizer, SiT-XS/1 aligned to the project's SimCLR encoder, bf16, on the
+CPU, and leaves checkpoints, sample grids, the end-of-run sample metrics, metrics, a report and the
+exported E2E-VAE in ``runs/repae-fmnist``.
 
 Multi-GPU / multi-node: ``torchrun --nproc_per_node 8 -m repae.cli train --config NAME ...``.
 """
@@ -17,8 +18,8 @@ from repae.config import available_presets, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="tiny-fmnist",
-                        help=f"preset name ({', '.join(available_presets())}) or a YAML path [tiny-fmnist]")
+    parser.add_argument("--config", default="fmnist",
+                        help=f"preset name ({', '.join(available_presets())}) or a YAML path [fmnist]")
     parser.add_argument("--recipe", default=None, help="shortcut for train.recipe=... (repa-e, repa, vanilla, ...)")
     parser.add_argument("--no-export", action="store_true", help="do not export the E2E-VAE at the end")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 model.preset=SiT-B/2")

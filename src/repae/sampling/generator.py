@@ -202,7 +202,7 @@ class Generator:
         tokenizer.eval().to(map_location)
         sit.eval().to(map_location)
         gen = cls(tokenizer=tokenizer, model=sit, path=cfg.diffusion.path, num_classes=cfg.model.num_classes,
-                  resolution=cfg.data.resolution)
+                  resolution=cfg.data.resolution, precision=cfg.sample.precision)
         gen.sample_defaults = gen._resolved(cfg.sample)  # the run's own sampling settings (its preview grids')
         return gen
 
@@ -220,7 +220,8 @@ class Generator:
             tok.normalizer.load_state_dict(trainer.ema.normalizer.state_dict())
         model = trainer.ema.model if ema else trainer.sit
         gen = cls(tokenizer=tok, model=model, path=trainer.cfg.diffusion.path,
-                  num_classes=trainer.cfg.model.num_classes, resolution=trainer.cfg.data.resolution)
+                  num_classes=trainer.cfg.model.num_classes, resolution=trainer.cfg.data.resolution,
+                  precision=trainer.cfg.sample.precision)
         gen.sample_defaults = gen._resolved(trainer.cfg.sample)
         return gen
 

@@ -134,13 +134,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 RANDOM_TARGET_SEED = 0
 
 #: seconds per training step at batch 64, one thread of the 2-core reference machine (module docstring)
-STEP_COST: dict[str, float] = {  # median of 5 train_step calls, 1 thread, idle machine, 2026-12-02
-    "repa-e": 1.50, "vae-scratch": 1.66, "no-normalizer": 1.58, "no-stopgrad": 1.41, "e2e-diffusion": 1.46,
-    "no-lreg": 0.71, "repa": 0.47, "vanilla": 0.16, "vae": 1.0,
+STEP_COST: dict[str, float] = {  # `repae bench --threads 1 --steps 5 --warmup 1 train.recipe=R`, median of 5,
+    # preset fmnist (SiT-XS/1, repae-cnn-p4, bf16), two one-thread benches side by side, 2026-12-06
+    "repa-e": 1.25, "vae-scratch": 1.31, "no-normalizer": 1.25, "no-stopgrad": 1.27, "e2e-diffusion": 1.15,
+    "no-lreg": 0.74, "repa": 0.55, "vanilla": 0.44, "vae": 0.68,
 }
 #: REPA head width of the small study's runs (0 = the preset's 2048); see build_plan
-SMALL_PROJECTOR = 256
-SAMPLE_COST = 0.0125  # seconds per generated image at 25 solver steps (SiT-T/1, 32 px, reference machine)
+SMALL_PROJECTOR = 0  # the preset's head (512 on SiT-XS; the 256 pin of SiT-T's 2048 head is gone)
+SAMPLE_COST = 0.05  # seconds per generated image, 25 solver steps, no CFG (SiT-XS/1, bf16, 32 px, 1 thread, 2026-12-06)
 RUN_OVERHEAD = 15.0  # seconds per run: build, rFID on the test split, latent analysis, checkpoint I/O
 
 
@@ -150,15 +151,15 @@ class StudyConfig:
 
     out: str = "study"  # study folder: runs/, report.{html,md}, results.json, figures/
     budget: str = "small"  # small (run it here) | paper (print the ImageNet command lines)
-    seeds: int = 2  # seeds of the rows marked "all" (REPA-E vs REPA vs vanilla, drop-in)
+    seeds: int = 3  # seeds of the rows marked "all" (REPA-E vs REPA vs vanilla, drop-in)
     ablation_seeds: int = 1  # seeds of the other rows; their spread is borrowed (repae.study.claims)
-    steps: int = 240
+    steps: int = 960  # 4x the first study's 240 (issue 21: a budget at which the curves separate)
     batch_size: int = 64
     tokenizer: str = "repae-vae-fmnist"  # "VAE init.": registry name, tokenizer folder or weights file
-    preset: str = "tiny-fmnist"  # base config of every run
+    preset: str = "fmnist"  # base config of every run (the main job's setting)
     overrides: tuple[str, ...] = ()  # dotted overrides applied to every run, after the study's own
     kinds: tuple[str, ...] = DEFAULT_KINDS  # which rows to plan (KINDS keys; EXTRAS adds more)
-    eval_every: int = 60  # FD-vs-step points (and checkpoints) every this many steps
+    eval_every: int = 240  # FD-vs-step points (and checkpoints) every this many steps
     curve_samples: int = 500  # samples per FD-vs-step point (more than the 256 feature dimensions)
     eval_samples: int = 1000  # samples of the final evaluation; also images for rFID
     sampler: str = "euler"
@@ -322,11 +323,12 @@ def build_plan(cfg: StudyConfig) -> Plan:
     common = [f"train.output_dir={out / 'runs'}", f"train.max_steps={cfg.steps}",
               f"train.batch_size={cfg.batch_size}", f"train.checkpoint_every={cfg.eval_every}"]
     if cfg.budget == "small":  # only what the study reads: no preview grids, diagnostics or per-run pages
-        # SMALL_PROJECTOR: a 256-wide REPA head on SiT-T (2048 is ~85 % of a CPU REPA step); what the
-        # study was measured with (docs/study.md), and a known handicap for the REPA rows
+        # SMALL_PROJECTOR (0): the preset's REPA head; the first study pinned 256 on SiT-T, whose 2048-wide
+        # head was ~85 % of a CPU REPA step (docs/study.md)
         common += [f"model.projector_dim={SMALL_PROJECTOR}"] if SMALL_PROJECTOR else []
         common += ["train.keep_checkpoints=1", "train.sample_every=0", "train.diagnostics_every=0",
-                   "train.report=false", "train.report_to=none", "train.resume=true"]
+                   "train.report=false", "train.report_to=none", "train.resume=true",
+                   "train.final_eval_samples=0"]  # the study evaluates every run itself
     else:  # every checkpoint is kept: FD vs step evaluates each one
         common += ["train.keep_checkpoints=0"]
     if cfg.threads:
