@@ -194,6 +194,72 @@ def test_ldm_recipe_trains_on_cached_latents(tmp_path):
     torch.testing.assert_close(tr.tokenizer.normalizer.running_var, torch.ones(4))  # frozen statistics
 
 
+def test_ldm_takes_its_vae_from_the_latent_cache(tmp_path):
+    """`repae cache-latents` records its VAE in meta.json, so `train.recipe=ldm data.latents=DIR` needs no
+    tokenizer.weights; a tokenizer.weights naming another VAE is one line naming both."""
+    import json
+
+    import numpy as np
+
+    from repae.cli import main
+    from repae.data import build_dataset
+    from repae.tokenizer import Tokenizer
+
+    ds = build_dataset("embedded", resolution=32, split="train")
+    npz = tmp_path / "subset.npz"
+    np.savez(npz, arr_0=np.stack([ds[i][0].numpy().transpose(1, 2, 0) for i in range(8)]),
+             labels=np.array([int(ds[i][1]) for i in range(8)], dtype=np.int64))
+    cache = tmp_path / "latents"
+    assert main(["cache-latents", "--vae", "repae-vae-fmnist", "--data", str(npz), "--resolution", "32",
+                 "--out", str(cache), "--device", "cpu", "--batch-size", "8"]) == 0
+    meta = json.loads((cache / "meta.json").read_text())
+    assert (meta["vae"], meta["vae_preset"]) == ("repae-vae-fmnist", "tiny-f4d4")
+
+    ldm = [*TINY, "train.recipe=ldm", f"data.source={npz}", f"data.latents={cache}", "train.batch_size=4",
+           "train.max_steps=1", "tokenizer.stats_images=8", "train.diagnostics_every=0", "train.sample_every=0",
+           "train.report=false", f"train.output_dir={tmp_path / 'runs'}"]
+    assert main(["train", "--config", "tiny-fmnist", "--no-export", *ldm]) == 0  # no tokenizer.weights
+    saved = json.loads((tmp_path / "runs" / "repae-tiny-fmnist" / "config.json").read_text())
+    assert saved["tokenizer"]["weights"] == "repae-vae-fmnist"  # the run records the VAE it used
+
+    other = Tokenizer.from_preset("tiny-f4d4")
+    other.normalizer.set_statistics(torch.zeros(4), torch.ones(4))
+    other.save_pretrained(tmp_path / "other-vae")
+    with pytest.raises(ConfigError) as info:
+        Trainer(load_config("tiny-fmnist", [*ldm, f"tokenizer.weights={tmp_path / 'other-vae'}"]))
+    message = str(info.value)
+    assert "other-vae" in message and "repae-vae-fmnist" in message and "\n" not in message
+
+
+def test_wandb_writer_imports_wandb_only_when_made(tmp_path, monkeypatch):
+    """train.report_to=wandb: the writer forwards the loop's two SummaryWriter calls to a wandb run."""
+    import sys
+    import types
+
+    from repae.training.trainer import WandbWriter
+
+    calls = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", values, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.append(("init", kw["project"], kw["name"])) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = load_config("tiny-fmnist", [f"train.output_dir={tmp_path}", "train.report_to=wandb"])
+    writer = WandbWriter(cfg)
+    writer.add_scalar("sit_loss", 1.5, 3)
+    writer.close()
+    assert calls == [("init", "repae", "repae-tiny-fmnist"), ("log", {"sit_loss": 1.5}, 3), ("finish",)]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: `import wandb` raises ImportError
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        WandbWriter(cfg)
+
+
 def test_vae_checkpointing_gives_the_same_step(tmp_path):
     plain = make_trainer(tmp_path / "a")
     ckpt = make_trainer(tmp_path / "b", "train.vae_checkpointing=true")

@@ -35,7 +35,8 @@ from repae.training.hooks import TrainHook
 
 log = logging.getLogger("repae.report")
 
-__all__ = ["build_report", "ReportHook", "read_metrics", "class_names_of", "labelled_grid_png", "final_samples_paths"]
+__all__ = ["build_report", "ReportHook", "read_metrics", "class_names_of", "labelled_grid_png", "final_samples_paths",
+           "CSS", "figure_html", "fig_png", "pyplot"]
 
 
 def final_samples_paths(run_dir: str | Path) -> tuple[Path, Path]:
@@ -51,8 +52,9 @@ def headline_section(run_dir: Path, samples: list[tuple[str, bytes]]) -> str:
         if not samples:
             return "<p>No samples yet.</p>"
         title, png = samples[-1]
-        return _figure(png, title) + ("<p>No end-of-run measurement (set <code>train.final_eval_samples=1000</code> "
-                                      "or run <code>repae evaluate --checkpoint RUN</code>).</p>")
+        return figure_html(png, title) + (
+            "<p>No end-of-run measurement (set <code>train.final_eval_samples=1000</code> "
+            "or run <code>repae evaluate --checkpoint RUN</code>).</p>")
     r = json.loads(json_path.read_text())
     n, space = r.get("num_samples", "?"), r.get("feature_space", "evalnet-fmnist")
     rows = [("", "samples", f"real test images (the floor, {r.get('num_real', n)})"),
@@ -67,7 +69,7 @@ def headline_section(run_dir: Path, samples: list[tuple[str, bytes]]) -> str:
                f"CFG {r.get('cfg_scale')}) against {r.get('reference')}, in {space} feature space "
                "(not comparable with published FID). Class accuracy: how often the evaluation network "
                "names the conditioning label.")
-    return (_figure(png_path.read_bytes(), "final EMA samples, titled with their conditioning class")
+    return (figure_html(png_path.read_bytes(), "final EMA samples, titled with their conditioning class")
             + f"<table>{body}</table><p class='sub'>{html.escape(caption)}</p>")
 
 FIGURE_CAPTIONS = {  # analysis/ figure -> caption, in page order
@@ -129,7 +131,8 @@ def _png_b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _fig_png(fig) -> bytes:
+def fig_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (100 dpi, tight box); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -138,7 +141,8 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (unless a backend is already chosen)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -167,7 +171,7 @@ def curve_figures(rows: list[dict]) -> list[tuple[str, bytes]]:
     """One PNG per metric group: a small panel per metric against the step."""
     if not rows:
         return []
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
@@ -201,7 +205,7 @@ def curve_figures(rows: list[dict]) -> list[tuple[str, bytes]]:
             ax.axis("off")
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        out.append((title, _fig_png(fig)))
+        out.append((title, fig_png(fig)))
     return out
 
 
@@ -220,7 +224,7 @@ def split_grid(grid: torch.Tensor, cell: int, padding: int = 2) -> list[torch.Te
 def labelled_grid_png(images: list[torch.Tensor], labels: list[int], class_names: list[str] | None,
                       title: str, *, ncol: int | None = None) -> bytes:
     """uint8 images ``[3, R, R]`` upscaled (nearest) in a grid, each titled with its class name."""
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     ncol = ncol or min(8, max(1, round(math.sqrt(n))))
     nrow = math.ceil(n / ncol)
@@ -234,7 +238,7 @@ def labelled_grid_png(images: list[torch.Tensor], labels: list[int], class_names
         ax.set_title(name, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def sample_sections(run_dir: Path, cfg, class_names, *, draw_if_missing: bool, device) -> list[tuple[str, bytes]]:
@@ -337,7 +341,8 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png_b64(png)}">'
 
 
-def _figure(png: bytes, caption: str) -> str:
+def figure_html(png: bytes, caption: str) -> str:
+    """A ``<figure>`` with the PNG inlined (base64) and ``caption`` under it, both HTML-escaped."""
     return f"<figure>{_img(png, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
@@ -388,10 +393,10 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, analyze_
     sections.insert(0, ("What this run made", headline_section(run, samples)))
 
     curves = curve_figures(rows)
-    sections.append(("Training curves", "".join(_figure(png, t) for t, png in curves)
+    sections.append(("Training curves", "".join(figure_html(png, t) for t, png in curves)
                      or "<p>No metrics.jsonl rows yet.</p>"))
 
-    sections.append(("Samples", "".join(_figure(png, t) for t, png in samples) or "<p>No sample grid.</p>"))
+    sections.append(("Samples", "".join(figure_html(png, t) for t, png in samples) or "<p>No sample grid.</p>"))
 
     analysis_dir = run / "analysis"
     if analyze_if_missing and ckpt is not None and not (analysis_dir / "analysis.json").is_file():
@@ -403,7 +408,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, analyze_
     for name, caption in FIGURE_CAPTIONS.items():
         png = analysis_dir / f"{name}.png"
         if png.is_file():
-            figs.append(_figure(png.read_bytes(), caption))
+            figs.append(figure_html(png.read_bytes(), caption))
     settings = ""
     if (analysis_dir / "analysis.json").is_file():
         s = json.loads((analysis_dir / "analysis.json").read_text()).get("settings", {})

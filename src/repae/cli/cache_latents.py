@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -26,7 +27,11 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.vae, preset=args.vae_preset)
     resolution = args.resolution or default_resolution(args.data)
     dataset = build_dataset(args.data, resolution=resolution, split="train", strict=args.strict)
+    # the `ldm` recipe takes its VAE from meta.json: a path is recorded absolute (usable from any folder),
+    # a shipped tokenizer by its name
+    vae = str(Path(args.vae).resolve()) if Path(args.vae).exists() else str(args.vae)
+    meta = {"vae": vae, "vae_preset": tokenizer.preset, "data": args.data, "resolution": resolution}
     out = cache_latents(tokenizer, dataset, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-                        device=args.device, meta={"vae": str(args.vae), "data": args.data, "resolution": resolution})
+                        device=args.device, meta=meta)
     print(f"cached {len(dataset)} latents to {out}")
     return 0

@@ -6,10 +6,11 @@ change without re-encoding. Output folder (renamed into place only when complete
 
     <out>/moments.npy   float16 [N, 2C, h, w]   (mean channels first, then std)
     <out>/labels.npy    int64 [N]
-    <out>/meta.json     vae, data source, resolution, count, dtype
+    <out>/meta.json     vae (+ vae_preset), data source, resolution, count, dtype
 
-Train on it with ``repae train --config ... train.recipe=ldm data.latents=<out>
-tokenizer.weights=<the same VAE folder>``; the raw images are still read for the encoder targets.
+Train on it with ``repae train --config ... train.recipe=ldm data.latents=<out>``: the VAE (and its
+preset) come from ``meta.json`` (:func:`repae.training.builders.resolve_cached_latents_vae`); the raw
+images are still read for the encoder targets.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from tqdm.auto import tqdm
 from repae.errors import ConfigError
 
 
+def read_cache_meta(folder: str | os.PathLike) -> dict:
+    """The ``meta.json`` of a latent cache folder; a folder without one is a one-line ConfigError."""
+    meta_path = Path(folder) / "meta.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"'{folder}' is not a latent cache: run `repae cache-latents --out {folder}` first")
+    return json.loads(meta_path.read_text())
+
+
 class CachedLatentDataset(Dataset):
     """Pairs an image dataset with cached moments: ``(image uint8, label, moments [2C, h, w])``.
 
@@ -36,10 +45,7 @@ class CachedLatentDataset(Dataset):
     def __init__(self, images: Dataset, folder: str | os.PathLike):
         self.images = images
         self.folder = Path(folder)
-        meta_path = self.folder / "meta.json"
-        if not meta_path.exists():
-            raise ConfigError(f"'{folder}' is not a latent cache: run `repae cache-latents --out {folder}` first")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_cache_meta(folder)
         if self.meta["count"] != len(images):
             raise ConfigError(
                 f"latent cache holds {self.meta['count']} items but the dataset has {len(images)}: "

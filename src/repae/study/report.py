@@ -339,12 +339,12 @@ def _claim_line(v) -> tuple[str, str]:
 
 
 def fd_curve_png(plan: Plan, results: dict[str, dict | None]) -> bytes | None:
-    from repae.analysis.report import _fig_png, _plt
+    from repae.analysis.report import fig_png, pyplot
 
     curves = curve_values(plan, results)
     if not curves:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, kind in enumerate(k for k in KINDS if k in curves):
@@ -365,19 +365,19 @@ def fd_curve_png(plan: Plan, results: dict[str, dict | None]) -> bytes | None:
     ax.set_title("FD vs step, every row (line: mean over seeds, dots: seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def fd_probe_png(plan: Plan, results: dict[str, dict | None], probes: dict | None) -> bytes | None:
     """Final FD against the alignment target's linear-probe accuracy (REPA's "better encoder, better
     generation"): one point per target (mean; error bar: seed sd; dots: seeds), vanilla as a dashed line,
     the raw-pixel probe as a dotted line. None when no target has both a probe and a finished run."""
-    from repae.analysis.report import _fig_png, _plt
+    from repae.analysis.report import fig_png, pyplot
 
     points = [p for p in target_points(plan, results, probes) if isinstance(p["probe"], (int, float)) and p["fid"]]
     if not points:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, p in enumerate(points):
@@ -410,7 +410,7 @@ def fd_probe_png(plan: Plan, results: dict[str, dict | None], probes: dict | Non
     ax.margins(x=0.1, y=0.1)  # room for the point labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def pca_tokenizers(plan: Plan) -> list[tuple[str, list]]:
@@ -512,7 +512,7 @@ def write_report(plan: Plan, *, log=print) -> dict[str, Path]:
     With target rows (``--extra targets``) the targets' linear probes are read from ``<out>/targets.json``,
     and computed once (:func:`repae.study.targets.target_probes`) when missing and a target run has finished.
     """
-    from repae.analysis.report import CSS, _figure
+    from repae.analysis.report import CSS, figure_html
     from repae.utils.io import atomic_path
 
     cfg = plan.config
@@ -606,7 +606,7 @@ def write_report(plan: Plan, *, log=print) -> dict[str, Path]:
         sections.append((t["title"], f"<p class='sub'>Layout of {esc(t['source'])}.</p>{_html_table(t)}"
                          + (f"<p class='sub'>{esc(t['note'])}</p>" if t["note"] else "")))
     if figures:
-        sections.append(("Figures", "".join(_figure(p.read_bytes(), c) for c, p in figures)))
+        sections.append(("Figures", "".join(figure_html(p.read_bytes(), c) for c, p in figures)))
     nav = "".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(sections))
     body = "".join(f'<h2 id="s{i}">{html.escape(t)}</h2>{c}' for i, (t, c) in enumerate(sections))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from repae.config import RunConfig, resolve_channels_last
 from repae.errors import ConfigError
-from repae.training.recipes import Recipe, get_recipe
+from repae.training.recipes import RECIPES, Recipe, get_recipe
+
+log = logging.getLogger("repae.train")
 
 
 def validate_config(cfg: RunConfig) -> Recipe:
@@ -160,7 +163,61 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 
     if cfg.model.preset in MODEL_PRESETS:  # an unknown preset is validate_config's one-line error
         cfg.sample.sampler = resolve_sampler(cfg.model.preset, cfg.sample.sampler)
+    resolve_cached_latents_vae(cfg)
     return cfg
+
+
+def resolve_cached_latents_vae(cfg: RunConfig) -> RunConfig:
+    """The VAE of a recipe that trains on cached latents (``ldm``) is the one that made ``data.latents``.
+
+    The cache's ``meta.json`` records it (``repae cache-latents``: ``vae``, ``vae_preset``). With
+    ``tokenizer.weights`` unset, set it (and ``tokenizer.preset``, when recorded) from there, in
+    place; a ``tokenizer.weights`` naming another VAE is a ConfigError, since latents decoded by
+    another decoder would be silently wrong. Other recipes, or no ``data.latents``: unchanged.
+    Idempotent; returns ``cfg``. The one place that maps a latent cache to its tokenizer.
+    """
+    from repae.data.latent_cache import read_cache_meta
+
+    recipe = RECIPES.get(cfg.train.recipe)  # an unknown recipe is validate_config's one-line error
+    if recipe is None or not recipe.cached_latents or not cfg.data.latents:
+        return cfg
+    from repae.tokenizer.registry import resolve_tokenizer_weights, shipped_preset
+
+    latents = cfg.data.latents
+    meta = read_cache_meta(latents)
+    vae = meta.get("vae")
+    if cfg.tokenizer.weights:
+        if vae and not _same_vae(cfg.tokenizer.weights, vae):
+            raise ConfigError(f"tokenizer.weights={cfg.tokenizer.weights} is not the VAE that made "
+                              f"data.latents={latents} ({vae}): drop tokenizer.weights (the cache's VAE is used) "
+                              "or cache again with it")
+        return cfg
+    if not vae:
+        raise ConfigError(f"data.latents={latents}: meta.json does not name the VAE that made it; "
+                          "set tokenizer.weights to that VAE")
+    if not Path(resolve_tokenizer_weights(vae)).exists():
+        raise ConfigError(f"data.latents={latents} was made by --vae {vae}, which is no VAE folder or weights file "
+                          "here (moved? a preset name, i.e. random weights?): set tokenizer.weights to that VAE")
+    cfg.tokenizer.weights = vae
+    preset = meta.get("vae_preset") or shipped_preset(vae)
+    if preset and preset != cfg.tokenizer.preset:
+        log.info("tokenizer.preset=%s (the VAE of data.latents=%s) replaces %s", preset, latents, cfg.tokenizer.preset)
+        cfg.tokenizer.preset = preset
+    return cfg
+
+
+def _same_vae(a: str, b: str) -> bool:
+    """Whether ``tokenizer.weights`` ``a`` and the cache's recorded VAE ``b`` (shipped names or paths) are
+    the same VAE. A path that does not exist here cannot be checked and counts as the same: a missing
+    ``a`` is the loader's one-line error, a missing ``b`` (a relative path recorded elsewhere) a warning."""
+    from repae.tokenizer.registry import resolve_tokenizer_weights
+
+    pa, pb = Path(resolve_tokenizer_weights(a)), Path(resolve_tokenizer_weights(b))
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    if pa.exists():
+        log.warning("cannot check tokenizer.weights=%s against the latent cache's VAE %s: not found here", a, b)
+    return True
 
 
 def check_sampler_matches_model(preset: str, sampler: str, where: str) -> None:

@@ -3,7 +3,7 @@
 :func:`preflight` raises :class:`~repae.errors.ConfigError` with one line naming the key and the
 fix for out-of-range values (:func:`repae.config.check_ranges`) and for a ``tokenizer.weights``
 folder whose architecture is not ``tokenizer.preset`` (the folder's ``config.json`` would
-otherwise silently win). It reads at most one small JSON file.
+otherwise silently win). It reads at most two small JSON files (with a latent cache, its ``meta.json``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ def _norm(value):
 
 
 def preflight(cfg: RunConfig) -> None:
-    """All checks above, in order; cheap (no weights are read)."""
+    """All checks above, in order; cheap (no weights are read). First the VAE of a cached-latent run
+    is taken from its cache (:func:`~repae.training.builders.resolve_cached_latents_vae`), so the
+    checks see the tokenizer that will be built."""
+    from repae.training.builders import resolve_cached_latents_vae
+
+    resolve_cached_latents_vae(cfg)
     check_ranges(cfg)
     check_tokenizer_weights(cfg)

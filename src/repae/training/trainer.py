@@ -59,6 +59,24 @@ class _MetricSum:
             self.metrics[k] = self.metrics.get(k, 0.0) + v.float() / self.accum
 
 
+class WandbWriter:
+    """The two ``SummaryWriter`` calls the training loop uses (``add_scalar``, ``close``), sent to a
+    wandb run (``train.report_to=wandb``). wandb is imported only when a writer is made."""
+
+    def __init__(self, cfg: RunConfig):
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("train.report_to=wandb needs `pip install wandb` (or use tensorboard)") from None
+        self.run = wandb.init(project="repae", name=cfg.train.exp_name, config=cfg.to_dict(), dir=str(cfg.run_dir))
+
+    def add_scalar(self, key, value, step):
+        self.run.log({key: value}, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, *, engine=None, random_encoders: bool = False, dataset=None,
                  hooks: list | None = None):
@@ -497,21 +515,7 @@ class Trainer:
         if self.cfg.train.report_to == "none":
             return None
         if self.cfg.train.report_to == "wandb":
-            try:
-                import wandb
-            except ImportError:
-                raise ConfigError("train.report_to=wandb needs `pip install wandb` (or use tensorboard)") from None
-            run = wandb.init(project="repae", name=self.cfg.train.exp_name, config=self.cfg.to_dict(),
-                             dir=str(self.cfg.run_dir))
-
-            class _WandbWriter:  # the two SummaryWriter calls the loop uses
-                def add_scalar(self, key, value, step):
-                    run.log({key: value}, step=step)
-
-                def close(self):
-                    run.finish()
-
-            return _WandbWriter()
+            return WandbWriter(self.cfg)
         if self.cfg.train.report_to != "tensorboard":
             raise ConfigError(f"train.report_to must be tensorboard, wandb or none, got '{self.cfg.train.report_to}'")
         from torch.utils.tensorboard import SummaryWriter
