@@ -141,6 +141,17 @@ def _lock_exclusive_file(path: Path) -> int:
     raise _locked_error(path, _holder(path))
 
 
+def _written_holder(path: Path, timeout: float = 1.0) -> dict:
+    """The holder's record; a winner that has just locked may not have written it yet (it truncates,
+    then writes), so an empty record is read again for up to ``timeout`` seconds before giving up."""
+    deadline = time.monotonic() + timeout
+    holder = _holder(path)
+    while not holder and time.monotonic() < deadline:
+        time.sleep(0.02)
+        holder = _holder(path)
+    return holder
+
+
 def _flock_works(fd: int) -> bool:
     import fcntl
 
@@ -166,7 +177,7 @@ def _lock_main(run_dir: Path) -> RunLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise _locked_error(path, _holder(path)) from None
+        raise _locked_error(path, _written_holder(path)) from None
     except OSError as err:
         if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             os.close(fd)
