@@ -68,11 +68,10 @@ def _data(spec: str, split: str, resolution: int):
 def _state_dict_fn(architecture: str, state_dict: dict | None, seed: int, device: str, arch_overrides: dict):
     """Token function of an in-memory ``vit-t4`` / ``cnn-p4`` state dict (``None``: seeded random init)."""
     from repae.conventions import uint8_to_unit
-    from repae.encoders.convnet import build_cnn_p4
-    from repae.ssl.vit import build_vit_t4
+    from repae.ssl.train import ARCHITECTURES
 
     torch.manual_seed(seed)
-    model = {"vit-t4": build_vit_t4, "cnn-p4": build_cnn_p4}[architecture](**arch_overrides)
+    model = ARCHITECTURES[architecture][0](**arch_overrides)  # the pretraining builder: same state dict
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     if architecture == "vit-t4":
