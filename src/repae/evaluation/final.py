@@ -119,8 +119,13 @@ class FinalSamplesHook(TrainHook):
         from repae.utils.io import atomic_path, write_json
 
         gen = Generator.from_trainer(trainer)
-        result, images, labels = evaluate_final_samples(gen, cfg, self.num_samples, seed=self.seed,
-                                                        device=trainer.engine.device)
+        try:
+            result, images, labels = evaluate_final_samples(gen, cfg, self.num_samples, seed=self.seed,
+                                                            device=trainer.engine.device)
+        except Exception as err:  # noqa: BLE001 - the trained checkpoints stand; say how to measure them
+            log.warning("final samples not measured (%s); run 'repae evaluate --checkpoint %s --num-samples %d'",
+                        err, cfg.run_dir, self.num_samples)
+            return None
         result["step"] = int(trainer.step)
         title = (f"final EMA samples, step {trainer.step} ({cfg.sample.sampler}, {cfg.sample.num_steps} steps, "
                  f"CFG {cfg.sample.cfg_scale})")
