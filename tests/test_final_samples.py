@@ -84,3 +84,15 @@ def test_sampling_precision_is_a_run_setting(run):
     assert load_config("fmnist").sample.precision == "bf16" and load_config("tiny-fmnist").sample.precision == "fp32"
     with pytest.raises(ConfigError, match="sample.precision"):
         validate_config(load_config("tiny-fmnist", ["sample.precision=fp8"]))
+
+
+@pytest.mark.parametrize("preset", ["DiT-T/1", "LightningDiT-T/1"])
+def test_final_samples_for_every_generator_family(tmp_path, preset):
+    """The end-of-run measurement with the sampler that follows the model (DiT: ddim, DDPM time)."""
+    import repae
+
+    run = repae.train("tiny-fmnist", overrides=[*TINY, "train.final_eval_samples=10", f"model.preset={preset}",
+                                                "train.report=false", f"train.output_dir={tmp_path}"], export=False)
+    r = json.loads((run / "final-samples.json").read_text())
+    assert r["num_samples"] == 10 and r["sampler"] == ("ddim" if preset.startswith("DiT") else "euler")
+    assert 0 <= r["class_accuracy"] <= 1 and r["fid"] > 0
