@@ -37,11 +37,12 @@ a random ``repae-vit-t4`` (seeded init, written once to ``<out>/targets/`` by
 :mod:`repae.study.targets` also probes each target once per study (``<out>/targets.json``).
 
 Budget of the default (``small``) study. :func:`estimate_seconds` predicts each run from
-:data:`STEP_COST` (median ``train_step`` seconds of each recipe at batch 64, one thread, idle
-reference machine, 2026-12-02), :data:`SAMPLE_COST` and :data:`RUN_OVERHEAD`: about 62 min for the
-15 runs, 31 per shard. Measured on 2026-12-02 (docs/study.md): 43 min wall as two one-thread
-shards (84 min of compute), so the model is optimistic about the FD-vs-step sampling; the
-progress lines rescale the ETA with the measured/predicted ratio of the finished runs.
+:data:`STEP_COST` (``repae bench`` seconds per step of each recipe at batch 64, one thread, preset
+``fmnist``, AMD EPYC reference machine, 2026-12-06), :data:`SAMPLE_COST` and :data:`RUN_OVERHEAD`:
+about 302 min for the 20 runs of 960 steps, ~150 per shard (not yet run as a whole). The first
+study (SiT-T, 240 steps, 15 runs) was predicted at 62 min and measured at 43 min wall as two
+one-thread shards; the progress lines rescale the ETA with the measured/predicted ratio of the
+finished runs.
 """
 
 from __future__ import annotations
