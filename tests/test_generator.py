@@ -10,15 +10,8 @@ import torch
 import torch.nn as nn
 
 from repae.errors import ConfigError
-from repae.sampling.generator import (
-    Generator,
-    sample_labels,
-    sample_seed,
-    sample_seeds,
-    sample_to_outputs,
-    shard_indices,
-    write_adm_npz,
-)
+from repae.sampling.generator import Generator, sample_labels, sample_seed, sample_seeds
+from repae.sampling.outputs import sample_to_outputs, shard_indices, write_adm_npz
 
 NUM_CLASSES = 5
 RES = 8  # images 8x8, latents [4, 2, 2]

@@ -472,3 +472,15 @@ def test_cli_bad_only_is_one_line(capsys):
     assert main(["study", "--only", "repa-e-s9", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no run named 'repa-e-s9'" in err and "repa-e-s0" in err
+
+
+def test_a_moved_study_keeps_its_fingerprints(tmp_path):
+    """Files inside the study folder (drop-in E2E-VAEs, the random target) are named relative to it: a
+    study copied elsewhere reuses its finished runs; a different tokenizer still changes them."""
+    kinds = (*DEFAULT_KINDS, *EXTRAS["targets"])
+    here, there = StudyConfig(out="study", kinds=kinds), StudyConfig(out=str(tmp_path / "moved"), kinds=kinds)
+    a, b = build_plan(here), build_plan(there)
+    assert any("study/runs/repa-e-s0/e2e-vae" in o for o in a.get("dropin-repa-s0").overrides)
+    assert {r.name: r.fingerprint(here) for r in a.runs} == {r.name: r.fingerprint(there) for r in b.runs}
+    other = StudyConfig(out="study", kinds=kinds, tokenizer=str(tmp_path / "another-vae"))
+    assert build_plan(other).get("vanilla-s0").fingerprint(other) != a.get("vanilla-s0").fingerprint(here)

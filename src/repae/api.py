@@ -14,7 +14,9 @@ script and the command line produce the same run folder.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from repae.config import RunConfig, from_dict, load_config, parse_override
@@ -34,6 +36,50 @@ def default_hooks(cfg: RunConfig) -> list:
     return hooks + ([ReportHook()] if cfg.train.report else [])
 
 
+@dataclass
+class TrainResult:
+    """What :func:`run_training` did: the run folder, its last step and metrics, the export (or None)."""
+
+    run_dir: Path
+    step: int
+    metrics: dict[str, float]
+    seconds: float  # wall time of training, hooks included
+    exported: Path | None
+    is_main: bool  # rank 0 (the process that writes files)
+    train_vae: bool
+
+
+def _resolve(config: str | RunConfig | None, overrides: Sequence[str]) -> RunConfig:
+    if isinstance(config, RunConfig):
+        cfg = config
+        for text in overrides:
+            (section, key), value = parse_override(text)
+            cfg = from_dict({section: {key: value}}, cfg)
+        return cfg
+    return load_config(config, list(overrides))
+
+
+def run_training(config: str | RunConfig | None = "fmnist", *, overrides: Sequence[str] = (), export: bool = True,
+                 hooks: list | None = None) -> TrainResult:
+    """Train (or resume) a run, export its E2E-VAE when the recipe trains one; the one code path of
+    :func:`train` and ``repae train`` (arguments as in :func:`train`)."""
+    from repae.training.trainer import Trainer
+
+    cfg = _resolve(config, overrides)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, hooks=default_hooks(cfg) if hooks is None else hooks)
+    last = trainer.fit()
+    seconds = time.perf_counter() - t0
+    exported = None
+    if export and trainer.recipe.train_vae and trainer.engine.is_main:
+        from repae.training.export import export_vae
+
+        exported = export_vae(cfg.run_dir, cfg.run_dir / "e2e-vae")
+    trainer.engine.barrier()
+    return TrainResult(cfg.run_dir, trainer.step, last, seconds, exported, trainer.engine.is_main,
+                       trainer.recipe.train_vae)
+
+
 def train(config: str | RunConfig | None = "fmnist", *, overrides: Sequence[str] = (), export: bool = True,
           hooks: list | None = None) -> Path:
     """Train (or resume) a run and return its folder; exports the E2E-VAE when the recipe trains one.
@@ -44,23 +90,7 @@ def train(config: str | RunConfig | None = "fmnist", *, overrides: Sequence[str]
         export: write ``<run>/e2e-vae`` (diffusers format + latent statistics) at the end.
         hooks: replaces :func:`default_hooks` (see :mod:`repae.training.hooks`).
     """
-    from repae.training.trainer import Trainer
-
-    if isinstance(config, RunConfig):
-        cfg = config
-        for text in overrides:
-            (section, key), value = parse_override(text)
-            cfg = from_dict({section: {key: value}}, cfg)
-    else:
-        cfg = load_config(config, list(overrides))
-    trainer = Trainer(cfg, hooks=default_hooks(cfg) if hooks is None else hooks)
-    trainer.fit()
-    if export and trainer.recipe.train_vae and trainer.engine.is_main:
-        from repae.training.export import export_vae
-
-        export_vae(cfg.run_dir, cfg.run_dir / "e2e-vae")
-    trainer.engine.barrier()
-    return cfg.run_dir
+    return run_training(config, overrides=overrides, export=export, hooks=hooks).run_dir
 
 
 def load(run_or_checkpoint: str | Path, *, ema: bool = True, device: str = "cpu"):

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from repae.errors import ConfigError
-    from repae.sampling.generator import sample_to_outputs
+    from repae.sampling.outputs import sample_to_outputs
 
     if args.out_npz is None and args.out_dir is None:
         raise ConfigError("nothing to write; pass --out-npz FILE.npz and/or --out-dir FOLDER")

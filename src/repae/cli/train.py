@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
-from repae.config import available_presets, load_config
+from repae.config import available_presets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,20 +29,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.recipe:
         overrides.append(f"train.recipe={args.recipe}")
-    cfg = load_config(args.config, overrides)
-    from repae.api import default_hooks
-    from repae.training.trainer import Trainer
+    from repae.api import run_training
 
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg, hooks=default_hooks(cfg))
-    last = trainer.fit()
-    wall = time.perf_counter() - t0
-    if trainer.engine.is_main:
-        summary = " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()))
-        print(f"done: {trainer.step} steps in {wall:.1f}s -> {cfg.run_dir} | {summary}")
-        if trainer.recipe.train_vae and not args.no_export:
-            from repae.training.export import export_vae
-
-            out = export_vae(cfg.run_dir, cfg.run_dir / "e2e-vae")
-            print(f"exported E2E-VAE to {out}")
+    result = run_training(args.config, overrides=overrides, export=not args.no_export)
+    if result.is_main:
+        summary = " ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
+        print(f"done: {result.step} steps in {result.seconds:.1f}s -> {result.run_dir} | {summary}")
+        if result.exported is not None:
+            print(f"exported E2E-VAE to {result.exported}")
     return 0

@@ -10,8 +10,9 @@ In::
                                   stats="latents_stats.pt")
     images = gen(labels, seeds=..., **gen.sample_defaults_kwargs)
 
-The network is loaded strictly (:mod:`repae.models.official`); networks in SiT's ``transport`` time
-convention (``sit``, ``lightningdit`` layouts) are wrapped in :class:`~repae.models.official.TimeFlipped`
+The file is read and its layout converted by :mod:`repae.interop.official` and the network is built and
+loaded strictly by :mod:`repae.models.official`; networks in SiT's ``transport`` time convention
+(``sit``, ``lightningdit`` layouts) are wrapped in :class:`~repae.models.time_convention.TimeFlipped`
 so every ``repae`` solver, guidance interval and the SDE score see ``repae``'s convention (t = 1 noise).
 
 Latent statistics, first match wins (``Generator.official_stats`` says which was used):
@@ -42,16 +43,9 @@ import torch
 
 from repae.config import SampleConfig
 from repae.errors import ConfigError
-from repae.models.official import (
-    LAYOUTS,
-    SD_LATENT_SCALE,
-    OfficialWeights,
-    TimeFlipped,
-    build_official_model,
-    flip_time_convention_,
-    load_official_file,
-    repae_to_official,
-)
+from repae.interop.official import LAYOUTS, SD_LATENT_SCALE, load_official_file, repae_to_official
+from repae.models.official import OfficialWeights, build_official_model
+from repae.models.time_convention import TimeFlipped, flip_time_convention_
 from repae.sampling.generator import Generator
 
 __all__ = ["OfficialStats", "default_sample_config", "export_official", "generator_from_official"]
@@ -85,24 +79,6 @@ def default_sample_config(layout: str) -> SampleConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_vae_state(tok, obj: Any, what: str) -> int:
-    """Strictly load a VAE state dict held in memory (e.g. the ``vae`` entry of a REPA-E checkpoint)."""
-    from repae.tokenizer.convert import check_keys, detect_layout, ldm_to_diffusers, rename_legacy_diffusers
-    from repae.tokenizer.tokenizer import extract_vae_state_dict
-
-    sd, _ = extract_vae_state_dict(obj)
-    layout = detect_layout(sd)
-    sd = ldm_to_diffusers(sd, tok.config) if layout == "ldm" else rename_legacy_diffusers(sd)
-    own = tok.vae.state_dict()
-    check_keys(sd, own, what=what)
-    bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise ConfigError(f"{what}: {len(bad)} tensors have the wrong shape (e.g. {bad[0]}: "
-                          f"{tuple(sd[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}); pass the matching --vae-preset")
-    tok.vae.load_state_dict(sd, strict=True)
-    return len(sd)
-
-
 def _vae_preset(vae_preset: str | None, channels: int) -> str:
     if vae_preset is not None:
         return vae_preset
@@ -119,7 +95,8 @@ def _tokenizer(vae: Any, vae_preset: str | None, checkpoint: Any, channels: int,
     if vae is None:
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get("vae"), dict):
             tok = Tokenizer.from_preset(_vae_preset(vae_preset, channels))
-            n = _load_vae_state(tok, checkpoint, f"'vae' entry of {model_file}")
+            _, n, _ = tok.load_vae_state(checkpoint, what=f"'vae' entry of {model_file}",
+                                         hint="; pass the matching --vae-preset")
             return tok, f"'vae' entry of the checkpoint ({n} tensors, {tok.preset})", None
         raise ConfigError(f"{model_file} holds no VAE: pass --vae (a tokenizer folder, a diffusers AutoencoderKL "
                           "folder or an LDM/official .pt with --vae-preset)")
@@ -203,7 +180,7 @@ def generator_from_official(model_file: str | os.PathLike, *, model_preset: str,
         resolution: image side (the latent grid of the weights must equal the tokenizer's at it).
         num_classes: real classes (null label = ``num_classes``).
         ema: the ``ema`` entry (default) or ``model``.
-        layout: force a layout of :data:`repae.models.official.LAYOUTS` (default: detected).
+        layout: force a layout of :data:`repae.interop.official.LAYOUTS` (default: detected).
         encoder_depth: REPA projector block (only matters for alignment, not for sampling).
 
     The returned generator has ``sample_defaults`` (how the release was evaluated, CFG off),
@@ -270,7 +247,7 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
     ``AutoencoderKL`` folder ``out_dir/{vae_name}-hf/`` (``vae_format="diffusers"``).
     """
     from repae.config import from_dict
-    from repae.tokenizer.convert import diffusers_to_ldm
+    from repae.interop.vae import diffusers_to_ldm
     from repae.tokenizer.stats import to_scale_bias
     from repae.training.builders import build_sit_for, build_tokenizer_arch
     from repae.training.checkpoint import read_checkpoint

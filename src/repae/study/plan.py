@@ -239,6 +239,16 @@ class RunSpec:
         resolved = load_config(cfg.preset, keep).to_dict()
         for key in ("output_dir", "threads"):
             resolved["train"].pop(key, None)
+        # files inside the study folder (a drop-in row's E2E-VAE, the random target's weights) are named
+        # relative to it, so that a study moved or copied elsewhere keeps its finished runs
+        inside = str(Path(cfg.out)) + "/"
+
+        def rel(v):
+            return v.replace(inside, "<study>/") if isinstance(v, str) and inside in v else v
+
+        keep = [rel(o) for o in keep]
+        resolved["tokenizer"]["weights"] = rel(resolved["tokenizer"].get("weights"))
+        resolved["align"]["encoder_weights"] = [rel(w) for w in resolved["align"].get("encoder_weights") or []]
         payload = {"preset": cfg.preset, "overrides": keep, "eval": cfg.settings(), "resolved": resolved}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
