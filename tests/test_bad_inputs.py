@@ -20,6 +20,10 @@ def files(tmp_path):
     np.savez(tmp_path / "chan5.npz", arr_0=np.zeros((4, 8, 8, 5), np.uint8))  # wrong channel count
     np.savez(tmp_path / "object.npz", arr_0=np.array([None, 1], dtype=object))  # object array (pickle)
     np.savez(tmp_path / "nokey.npz", images=np.zeros((4, 8, 8, 3), np.uint8))  # no arr_0
+    np.savez(tmp_path / "chan2.npz", arr_0=np.zeros((4, 8, 8, 2), np.uint8))  # 2 channels
+    np.savez(tmp_path / "fewlabels.npz", arr_0=np.zeros((16, 8, 8, 3), np.uint8), labels=np.arange(5))  # 16 vs 5
+    (tmp_path / "pngs").mkdir()
+    (tmp_path / "pngs" / "000000.png").write_bytes(b"not a png")  # undecodable image
     (tmp_path / "junk.npz").write_bytes(b"this is not a zip archive")
     (tmp_path / "junk.h5").write_bytes(b"this is not hdf5")
     (tmp_path / "empty").mkdir()
@@ -49,6 +53,12 @@ CASES = [
     (["latent-stats", "--data", "{t}/junk.npz", "--device", "cpu"], "junk.npz"),
     (["latent-stats", "--data", "embedded:valid"], "train or test"),
     (["cache-latents", "--vae", "{t}/no-vae", "--out", "{t}/cache"], "no-vae"),
+    (["cache-latents", "--vae", "repae-vae-fmnist", "--data", "{t}/float.npz", "--out", "{t}/cache"], "float.npz"),
+    (["cache-latents", "--vae", "repae-vae-fmnist", "--data", "{t}/chan2.npz", "--out", "{t}/cache"], "chan2.npz"),
+    (["cache-latents", "--vae", "repae-vae-fmnist", "--data", "{t}/pngs", "--out", "{t}/cache"], "no readable images"),
+    (["evaluate", "--samples", "{t}/fewlabels.npz", "--device", "cpu", "--no-progress"], "5 labels for 16 images"),
+    (["reference", "--source", "{t}/fewlabels.npz", "--out", "{t}/ref.npz", "--device", "cpu", "--no-progress"],
+     "5 labels for 16 images"),
     (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}/s.npz"], "no-run"),
     (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}/s.npz", "--cfg-scale", "0.5"], "--cfg-scale"),
     (["export-vae", "{t}/no-run", "--out", "{t}/vae-out"], "no-run"),

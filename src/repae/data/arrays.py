@@ -42,6 +42,7 @@ def to_chw3(img: np.ndarray) -> np.ndarray:
     """
     if img.dtype != np.uint8:
         raise ConfigError(f"image arrays must be uint8, got {img.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)")
+    shape = img.shape
     if img.ndim == 2:
         img = img[None]  # [1, H, W]
     elif img.ndim == 3:
@@ -57,7 +58,8 @@ def to_chw3(img: np.ndarray) -> np.ndarray:
     elif c == 4:
         img = img[:3]
     elif c != 3:
-        raise ConfigError(f"cannot read an image with {c} channels (shape {img.shape}); expected 1, 3 or 4")
+        raise ConfigError(f"cannot read an image of shape {shape}: no first or last axis of size 1, 3 or 4 holds "
+                          "its channels; store uint8 images as [N, H, W, 3] (RGB) or [N, H, W] (grey)")
     return np.ascontiguousarray(img)
 
 
@@ -138,6 +140,11 @@ def _npz_arrays_open(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | N
 def npz_dataset(path: str | os.PathLike, *, resolution: int | None, split: str = "train") -> ArrayDataset:
     """Dataset over an ``.npz`` file (ADM ``arr_0`` or this package's keys), loaded into memory."""
     images, labels, names = _npz_arrays(Path(path), split)
+    if len(images):
+        try:  # the layout of every image is the first one's: refuse a bad file now, naming it
+            to_chw3(images[0])
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     if labels is not None and labels.ndim != 1:
         labels = None  # ADM 'arr_1' can be something else (e.g. spatial features); ignore it then
     return ArrayDataset(images, labels, resolution=resolution, classes=names)

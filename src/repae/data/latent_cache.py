@@ -66,12 +66,27 @@ class CachedLatentDataset(Dataset):
 @torch.no_grad()
 def cache_latents(tokenizer, dataset: Dataset, out: str | os.PathLike, *, batch_size: int = 64,
                   num_workers: int = 0, device: str = "cpu", meta: dict | None = None) -> Path:
-    from repae.conventions import uint8_to_unit
-
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:  # any error (a bad image, a wrong dtype, Ctrl-C) leaves no half-written folder behind
+        _write_cache(tokenizer, dataset, tmp, batch_size=batch_size, num_workers=num_workers, device=device,
+                     meta=meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _write_cache(tokenizer, dataset: Dataset, tmp: Path, *, batch_size: int, num_workers: int, device: str,
+                 meta: dict | None) -> None:
+    """Encode ``dataset`` into ``tmp`` (moments.npy float16 [N, 2C, h, w], labels.npy, meta.json)."""
+    from repae.conventions import uint8_to_unit
+
     tokenizer = tokenizer.to(device).eval()
     n = len(dataset)
     first = dataset[0][0]
@@ -91,7 +106,3 @@ def cache_latents(tokenizer, dataset: Dataset, out: str | os.PathLike, *, batch_
     np.save(tmp / "labels.npy", labels)
     (tmp / "meta.json").write_text(json.dumps({**(meta or {}), "count": n, "latent_shape": [c, h, w],
                                                "dtype": "float16", "layout": "mean,std"}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out

@@ -305,10 +305,19 @@ def read_npz_labels(path: str | os.PathLike) -> np.ndarray | None:
     if path.suffix != ".npz" or not path.is_file():
         return None
     with np.load(path) as z:
-        for key in ("labels", "arr_1"):
-            if key in z.files:
-                return z[key].astype(np.int64)
-    return None
+        key = next((k for k in ("labels", "arr_1") if k in z.files), None)
+        if key is None:
+            return None
+        labels = z[key]
+    zf, f, shape, _ = _npz_member_reader(path)  # the image count, from the header only
+    f.close()
+    zf.close()
+    fix = f"store one integer class label per image (np.savez(path, arr_0=images, {key}=labels)) or leave '{key}' out"
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise ConfigError(f"{path}:{key} has dtype {labels.dtype} and shape {labels.shape}; {fix}")
+    if labels.shape[0] != shape[0]:
+        raise ConfigError(f"{path}:{key} has {labels.shape[0]} labels for {shape[0]} images; {fix}")
+    return labels.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ def build_reference(source: Any, extractor: FeatureExtractor, out: str | os.Path
                     max_images: int | None = None, pr_images: int = PR_IMAGES,
                     progress: bool = True) -> ReferenceStats:
     """Compute a reference over ``source`` with ``extractor`` and write it to ``out`` (see module docstring)."""
+    if isinstance(source, (str, os.PathLike)):
+        read_npz_labels(source)  # a malformed labels array is refused before the long feature pass
     ref = compute_reference(source, extractor, batch_size=batch_size, max_images=max_images,
                             pr_images=pr_images, progress=progress)
     save_reference(ref, out)
