@@ -77,7 +77,8 @@ def load_generator(path: str, *, ema: bool, device: torch.device, model_preset: 
 
     if Path(path).is_file():
         if model_preset is None:
-            from repae.models.official import guess_presets, load_official_file, select_state_dict
+            from repae.interop.official import load_official_file, select_state_dict
+            from repae.models.official import guess_presets
 
             try:
                 guesses = guess_presets(select_state_dict(load_official_file(path))[0])

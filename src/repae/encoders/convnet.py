@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from repae.encoders.base import RepresentationEncoder
-from repae.errors import ConfigError
 
 CNN_P4_WIDTH = 32  # w: token width is 16w = 512
 
@@ -93,18 +92,13 @@ class ConvTokenEncoder(RepresentationEncoder):
 
 def load_convnet_weights(enc: ConvTokenEncoder, spec, path: str):
     """Strictly load a safetensors / ``weights_only`` state dict into ``enc.model`` (never unpickles code)."""
-    from repae.encoders.checkpoints import read_checkpoint, unwrap
     from repae.encoders.vit_timm import LoadReport
+    from repae.interop.io import check_state_dict
+    from repae.interop.timm_vit import read_checkpoint, unwrap
 
     obj, _ = read_checkpoint(path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in unwrap(obj, spec.checkpoint_entries).items()}
-    try:
-        result = enc.model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as err:  # shape mismatch: another width
-        first = str(err).strip().splitlines()[-1].strip()
-        raise ConfigError(f"{path} does not fit {spec.name}: {first}") from None
-    if result.missing_keys or result.unexpected_keys:
-        miss, unexp = result.missing_keys, result.unexpected_keys
-        raise ConfigError(f"{path} is not a {spec.name} checkpoint: {len(miss)} missing keys (e.g. {miss[:3]}), "
-                          f"{len(unexp)} unexpected (e.g. {unexp[:3]}); pass weights for {spec.name}")
+    check_state_dict(state, enc.model.state_dict(), what=f"{path} does not fit {spec.name}",
+                     hint=f"; pass weights for {spec.name}")
+    enc.model.load_state_dict(state, strict=True, assign=True)
     return LoadReport(path=str(path), format="repae", num_tensors=len(state))

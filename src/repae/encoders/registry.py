@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from repae.encoders import checkpoints as ck
 from repae.encoders.base import CLIP_MEAN, CLIP_STD, PixelPipeline, RepresentationEncoder
 from repae.encoders.convnet import ConvTokenEncoder, build_cnn_p4, load_convnet_weights
 from repae.encoders.vit_timm import LoadReport, TimmViTEncoder, build_timm_vit, load_timm_weights
 from repae.errors import ConfigError, MissingWeightsError
+from repae.interop import timm_vit as ck
 
 # ---------------------------------------------------------------------------------------------
 # Input-size policies (spec 5.2): R = 224 * (res // 256) for patch-14 towers, else the image size

@@ -23,8 +23,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from repae.encoders.base import RepresentationEncoder
-from repae.encoders.checkpoints import drop_keys, read_checkpoint, unwrap
-from repae.errors import ConfigError
+from repae.interop.io import check_state_dict
+from repae.interop.timm_vit import drop_keys, read_checkpoint, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     from repae.encoders.registry import EncoderSpec
@@ -106,16 +106,7 @@ def load_timm_weights(enc: TimmViTEncoder, spec: EncoderSpec, path: str) -> Load
     state = checkpoint_filter_fn(state, enc.model)
     state, dropped2 = drop_keys(state, spec.drop_prefixes)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    try:
-        result = enc.model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as err:  # shape mismatch: wrong size variant
-        first = str(err).strip().splitlines()[-1].strip()
-        raise ConfigError(f"{path} does not fit {spec.name} ({fmt} format guessed): {first}") from None
-    if result.missing_keys or result.unexpected_keys:
-        miss, unexp = result.missing_keys, result.unexpected_keys
-        raise ConfigError(
-            f"{path} is not a {spec.name} checkpoint ({fmt} format guessed): "
-            f"{len(miss)} missing keys (e.g. {miss[:3]}), {len(unexp)} unexpected (e.g. {unexp[:3]}); "
-            f"pass weights for {spec.name} or pick the matching encoder"
-        )
+    check_state_dict(state, enc.model.state_dict(), what=f"{path} does not fit {spec.name} ({fmt} format guessed)",
+                     hint=f"; pass weights for {spec.name} or pick the matching encoder")
+    enc.model.load_state_dict(state, strict=True, assign=True)
     return LoadReport(path=str(path), format=fmt, num_tensors=len(state), dropped=tuple(dropped1 + dropped2))

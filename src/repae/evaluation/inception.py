@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torchvision.models import inception as tv
 
 from repae.errors import MissingWeightsError
+from repae.interop.io import check_state_dict, read_weights, unwrap_entries
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_ENV = "REPAE_INCEPTION_WEIGHTS"
@@ -233,14 +234,11 @@ def load_inception(path: str | os.PathLike | None = None, *, resize: str = "tf1"
             f"{WEIGHTS_ENV}=PATH; without it the offline evaluation network 'evalnet-fmnist' is used "
             "(numbers NOT comparable with published FID)",
         )
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = unwrap_entries(read_weights(weights, what=f"{WEIGHTS_FILENAME} file",
+                                        fix=f"pass the pytorch-fid release file {WEIGHTS_FILENAME}"), ("state_dict",))
     model = FIDInceptionV3(resize=resize)
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{weights} is not a {WEIGHTS_FILENAME}-layout state dict: missing "
-                         f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
-                         f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}")
+    # only BatchNorm num_batches_tracked may be absent (eval-mode outputs do not use it)
+    check_state_dict(state, model.state_dict(), what=f"{weights} is not a {WEIGHTS_FILENAME}-layout state dict",
+                     may_miss=("num_batches_tracked",))
+    model.load_state_dict(state, strict=False)
     return model.to(device).eval().requires_grad_(False)

@@ -99,7 +99,7 @@ class EvalNet(nn.Module):
 
 def load_evalnet(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> EvalNet:
     """Load the shipped (or a given) ``repae-evalnet-fmnist`` safetensors file strictly."""
-    from safetensors.torch import load_file
+    from repae.interop.io import check_state_dict, read_weights
 
     weights = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not weights.is_file():
@@ -108,7 +108,10 @@ def load_evalnet(path: str | Path | None = None, *, device: str | torch.device =
             "reinstall the package or retrain them with 'python -m repae.evaluation.offline_net'",
         )
     model = EvalNet()
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    state = read_weights(weights, what="evaluation network weights file",
+                         fix="reinstall the package or retrain them with 'python -m repae.evaluation.offline_net'")
+    check_state_dict(state, model.state_dict(), what=f"{weights} is not a repae-evalnet-fmnist state dict")
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval().requires_grad_(False)
 
 

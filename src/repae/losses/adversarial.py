@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repae.errors import ConfigError, MissingWeightsError
+from repae.interop.io import check_state_dict, is_state_dict, read_weights, strip_wrappers, unwrap_entries
 
 # ---------------------------------------------------------------------------------------------
 # Discriminator
@@ -87,21 +88,15 @@ def load_discriminator_weights(discriminator: nn.Module, path: str | os.PathLike
             "set loss.disc_weights to an existing file "
             "or leave it unset to start from random init",
         )
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("discriminator", "model", "state_dict"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-            break
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    own = discriminator.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or wrong:
-        raise ConfigError(
-            f"{path} does not match the discriminator (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shape {wrong[:3]}); the discriminator is the 3-layer PatchGAN with 64 base channels; pass a checkpoint of that architecture"
-        )
+    fix = "pass a discriminator state dict, or leave loss.disc_weights unset to start from random init"
+    sd = unwrap_entries(read_weights(path, what="discriminator checkpoint", fix=fix),
+                        ("discriminator", "model", "state_dict"))
+    if not is_state_dict(sd):
+        raise ConfigError(f"{path} holds no discriminator state dict; {fix}")
+    sd = strip_wrappers(sd)
+    check_state_dict(sd, discriminator.state_dict(), what=f"{path} does not match the discriminator",
+                     hint="; the discriminator is the 3-layer PatchGAN with 64 base channels; pass a checkpoint of "
+                     "that architecture")
     discriminator.load_state_dict(sd, strict=True)
 
 

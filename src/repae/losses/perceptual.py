@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repae.errors import ConfigError, MissingWeightsError
+from repae.interop.io import check_state_dict, is_state_dict, read_weights, strip_wrappers, unwrap_entries
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -94,17 +95,11 @@ def resolve_vgg_weights(vgg_weights: str | os.PathLike | None) -> Path:
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a flat tensor dict from ``.safetensors`` or a torch file (weights only, on CPU)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):  # tolerate one level of wrapping
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise ConfigError(f"{path} does not hold a state dict; pass a torchvision VGG16 file ({VGG16_FILENAME})")
-    return sd
+    fix = f"pass a torchvision VGG16 file ({VGG16_FILENAME})"
+    sd = unwrap_entries(read_weights(path, what="VGG16 weights file", fix=fix), ("state_dict", "model"), levels=2)
+    if not is_state_dict(sd):
+        raise ConfigError(f"{path} does not hold a state dict; {fix}")
+    return dict(sd)
 
 
 def vgg16_features_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,7 +108,7 @@ def vgg16_features_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
     Accepts the full torchvision layout (``features.0.weight``, ..., ``classifier.*`` ignored) or a
     features-only dict (``0.weight``, ...); a ``module.`` prefix (DDP) is stripped.
     """
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = strip_wrappers(sd)
     if any(k.startswith("features.") for k in sd):
         return {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
     return dict(sd)
@@ -130,13 +125,8 @@ def build_vgg16_features(vgg_weights: str | os.PathLike | None) -> nn.Sequential
     with torch.device("meta"):
         features = torchvision.models.vgg16(weights=None).features
     features = features.to_empty(device="cpu")
-    expected = set(features.state_dict())
-    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
-    if missing or unexpected:
-        raise ConfigError(
-            f"{path} is not a torchvision VGG16 state dict (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); pass {VGG16_FILENAME} or a file holding its features.* tensors"
-        )
+    check_state_dict(sd, features.state_dict(), what=f"{path} is not a torchvision VGG16 state dict",
+                     hint=f"; pass {VGG16_FILENAME} or a file holding its features.* tensors")
     features.load_state_dict(sd, strict=True)
     return features
 
@@ -158,7 +148,9 @@ def load_lpips_heads(path: str | os.PathLike | None = None) -> list[torch.Tensor
     path = Path(path) if path is not None else lpips_heads_path()
     if not path.is_file():
         raise MissingWeightsError(f"LPIPS linear heads not found at {path}", "pass the lpips v0.1 vgg.pth file")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = read_weights(path, what="LPIPS heads file", fix="pass the lpips v0.1 vgg.pth file")
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path} is not an LPIPS v0.1 VGG heads file (it holds a {type(sd).__name__})")
     heads = []
     for k, c in enumerate(LPIPS_CHANNELS):
         w = sd.get(f"lin{k}.model.1.weight")

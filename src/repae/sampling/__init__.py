@@ -9,8 +9,8 @@
 """
 
 from repae.sampling.generator import Generator, sample_labels, sample_seed, sample_seeds
-from repae.sampling.outputs import SampleOutputs, sample_to_outputs, shard_indices, write_adm_npz
 from repae.sampling.guidance import guidance_active, guided_velocity, model_velocity_fn
+from repae.sampling.outputs import SampleOutputs, sample_to_outputs, shard_indices, write_adm_npz
 from repae.sampling.solvers import SOLVERS, euler, euler_maruyama, get_solver, heun
 
 __all__ = [

@@ -66,14 +66,15 @@ def load_vit_t4(weights: str | os.PathLike | None = None, **overrides) -> Vision
 
     ``weights=None`` uses the shipped asset; a missing file raises :class:`MissingWeightsError`.
     """
-    from safetensors.torch import load_file
+    from repae.interop.io import read_weights
 
     path = Path(weights) if weights is not None else ASSET_WEIGHTS
     if not path.exists():
         raise MissingWeightsError(f"repae-vit-t4 weights not found at {path}",
                                   "train them with 'repae pretrain-encoder --out PATH' and pass --encoder-weights PATH")
     model = build_vit_t4(**overrides)
-    state = load_file(str(path))
+    state = read_weights(path, what="repae-vit-t4 weights file",
+                         fix="train them with 'repae pretrain-encoder --out PATH' and pass --encoder-weights PATH")
     result = model.load_state_dict(state, strict=True)
     if result.missing_keys or result.unexpected_keys:  # strict=True raises first; kept for clarity
         raise ConfigError(f"{path}: state dict does not match repae-vit-t4 ({result})")

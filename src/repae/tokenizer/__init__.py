@@ -6,7 +6,8 @@ Public API: :class:`Tokenizer`, :class:`TokenizerOutput`, :class:`LatentNormaliz
 :func:`ldm_to_diffusers` / :func:`diffusers_to_ldm` / :func:`detect_layout`.
 """
 
-from repae.tokenizer.convert import KeyLayoutError, detect_layout, diffusers_to_ldm, ldm_to_diffusers
+from repae.interop.io import KeyLayoutError
+from repae.interop.vae import detect_layout, diffusers_to_ldm, ldm_to_diffusers
 from repae.tokenizer.normalizer import LatentNormalizer
 from repae.tokenizer.stats import compute_latent_stats, load_stats, save_stats, to_scale_bias
 from repae.tokenizer.tokenizer import LoadReport, Tokenizer, TokenizerOutput

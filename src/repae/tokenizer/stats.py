@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from repae.conventions import uint8_to_unit
 from repae.errors import ConfigError, MissingWeightsError
+from repae.interop.io import read_weights
 from repae.utils.io import atomic_path, write_json
 
 
@@ -143,7 +144,7 @@ def load_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     * VA-VAE / LightningDiT ``latents_stats.pt``: ``{mean [1, C, 1, 1], std [1, C, 1, 1]}``
       (spec-related-methods.md 1.5).
 
-    ``.pt`` files are read with ``torch.load(weights_only=True)``: no pickled code can run.
+    ``.pt`` files are read with :func:`repae.interop.io.read_weights` (``weights_only``): no pickled code can run.
     """
     p = Path(path)
     if p.is_dir():
@@ -152,11 +153,8 @@ def load_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
         raise MissingWeightsError(f"latent statistics not found at {p}",
                                   "run 'repae latent-stats --out FILE' or pass an existing stats file")
     if p.suffix in (".pt", ".pth", ".bin"):
-        try:
-            d = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file, said in one line
-            raise ConfigError(f"{p} is not a readable torch statistics file ({type(err).__name__}); expected a "
-                              "REPA-E -latents-stats.pt or a VA-VAE latents_stats.pt") from None
+        d = read_weights(p, what="torch statistics file",
+                         fix="expected a REPA-E -latents-stats.pt or a VA-VAE latents_stats.pt")
         if isinstance(d, dict) and {"latents_scale", "latents_bias"} <= set(d):
             return d["latents_bias"].float().reshape(-1), (1.0 / d["latents_scale"].float()).reshape(-1)
         if isinstance(d, dict) and {"mean", "std"} <= set(d):

@@ -21,7 +21,6 @@ diffusers-layout ``.safetensors`` / ``.bin`` file or an LDM / official REPA-E la
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -32,7 +31,8 @@ import torch
 from torch import nn
 
 from repae.errors import ConfigError, MissingWeightsError
-from repae.tokenizer.convert import check_keys, detect_layout, ldm_to_diffusers, rename_legacy_diffusers
+from repae.interop.io import check_state_dict
+from repae.interop.vae import WEIGHTS_NAME, missing_vae_weights, read_vae_file, to_diffusers
 from repae.tokenizer.normalizer import LatentNormalizer
 from repae.tokenizer.vae import DiagonalGaussian, VAEConfig, build_vae, get_vae_config
 from repae.utils.io import atomic_path, save_safetensors, write_json
@@ -40,18 +40,7 @@ from repae.utils.io import atomic_path, save_safetensors, write_json
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-WEIGHTS_NAME_BIN = "diffusion_pytorch_model.bin"
 STATS_NAME = "latent_stats.json"
-
-# Containers a VAE state dict may be nested in, tried in this order ("vae" first: a REPA-E
-# training checkpoint also has a "model" entry that is the SiT).
-NESTING_KEYS = ("vae", "state_dict", "model", "module")
-# Prefixes of VAE keys inside bigger checkpoints (SD: first_stage_model.; DDP: module.).
-PREFIXES = ("first_stage_model.", "vae.", "module.")
-# Keys that belong to the training loss of an LDM checkpoint (LPIPS, discriminator), not the VAE.
-NON_VAE_PREFIXES = ("loss.",)
-
 
 @dataclass
 class TokenizerOutput:
@@ -74,63 +63,6 @@ class LoadReport:
     def __str__(self) -> str:
         extra = f", ignored {self.num_dropped} non-VAE loss.* tensors" if self.num_dropped else ""
         return f"loaded {self.num_loaded} VAE tensors ({self.layout} layout) from {self.path}{extra}"
-
-
-def _missing(path) -> MissingWeightsError:
-    return MissingWeightsError(
-        f"VAE weights not found at {path}",
-        "pass a local diffusers folder, .safetensors, .pt or .ckpt file (weights are never downloaded)",
-    )
-
-
-def _torch_load(path: Path) -> dict:
-    # weights_only, with argparse.Namespace allowed: official checkpoints pickle their args.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - re-raised as a one-line message
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot read {path} as a torch checkpoint ({first}); save a plain state dict") from e
-
-
-def read_state_dict(path: str | os.PathLike) -> dict:
-    """Read a raw (not yet converted) tensor dict from a file or diffusers folder."""
-    p = Path(path)
-    if p.is_dir():
-        for base in (p, p / "vae"):  # a VAE folder, or a whole diffusers pipeline folder
-            for name in (WEIGHTS_NAME, WEIGHTS_NAME_BIN):
-                if (base / name).is_file():
-                    return read_state_dict(base / name)
-        raise _missing(f"{p} (no {WEIGHTS_NAME} or {WEIGHTS_NAME_BIN} inside)")
-    if not p.is_file():
-        raise _missing(p)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p), device="cpu")
-    return _torch_load(p)
-
-
-def extract_vae_state_dict(obj) -> tuple[dict, int]:
-    """Unwrap nesting and prefixes; return (VAE tensors, number of non-VAE tensors dropped)."""
-    for _ in range(4):  # at most a few levels of nesting
-        if not isinstance(obj, dict):
-            break
-        if any(torch.is_tensor(v) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in NESTING_KEYS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, dict):
-        raise ConfigError(f"checkpoint holds a {type(obj).__name__}, not a state dict; save model.state_dict()")
-    sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
-    for prefix in PREFIXES:
-        if any(k.startswith(prefix + "encoder.") for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            break
-    kept = {k: v for k, v in sd.items() if not k.startswith(NON_VAE_PREFIXES)}
-    return kept, len(sd) - len(kept)
 
 
 class Tokenizer(nn.Module):
@@ -180,7 +112,7 @@ class Tokenizer(nn.Module):
         """
         d = Path(directory)
         if not (d / CONFIG_NAME).is_file():
-            raise _missing(f"{d} (no {CONFIG_NAME}; expected a folder written by save_pretrained)")
+            raise missing_vae_weights(f"{d} (no {CONFIG_NAME}; expected a folder written by save_pretrained)")
         config = VAEConfig.from_diffusers_config(json.loads((d / CONFIG_NAME).read_text()))
         stats_file = d / STATS_NAME
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
@@ -210,21 +142,21 @@ class Tokenizer(nn.Module):
         Raises MissingWeightsError for a missing path and ConfigError (KeyLayoutError) with the
         missing/unexpected key counts for a checkpoint of another layout or preset.
         """
-        sd, dropped = extract_vae_state_dict(read_state_dict(path))
-        layout = detect_layout(sd)
-        sd = ldm_to_diffusers(sd, self._config) if layout == "ldm" else rename_legacy_diffusers(sd)
-        own = self.vae.state_dict()
-        check_keys(sd, own, what=f"VAE weights {path}")
-        bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
-        if bad:
-            k = bad[0]
-            raise ConfigError(
-                f"VAE weights {path}: {len(bad)} tensors have the wrong shape (e.g. {k}: {tuple(sd[k].shape)} "
-                f"vs {tuple(own[k].shape)}); is this checkpoint for a different VAE preset?"
-            )
+        layout, num, dropped = self.load_vae_state(read_vae_file(path), what=f"VAE weights {path}")
+        return LoadReport(path=str(path), layout=layout, num_loaded=num, num_dropped=dropped)
+
+    def load_vae_state(self, obj, *, what: str = "VAE weights",
+                       hint: str = "; is this checkpoint for a different VAE preset?") -> tuple[str, int, int]:
+        """Strictly load a VAE checkpoint held in memory (any layout and nesting, e.g. the ``vae`` entry of a
+        REPA-E checkpoint); returns ``(layout, tensors loaded, non-VAE tensors ignored)``.
+
+        Raises KeyLayoutError (a ConfigError) naming the missing / unexpected / misshapen keys.
+        """
+        sd, layout, dropped = to_diffusers(obj, self._config)
+        check_state_dict(sd, self.vae.state_dict(), what=what, hint=hint)
         result = self.vae.load_state_dict(sd, strict=True)
         assert not result.missing_keys and not result.unexpected_keys
-        return LoadReport(path=str(path), layout=layout, num_loaded=len(sd), num_dropped=dropped)
+        return layout, len(sd), dropped
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write a diffusers folder (config.json + diffusion_pytorch_model.safetensors) + latent_stats.json.

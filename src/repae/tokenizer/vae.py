@@ -10,7 +10,7 @@ zero-pad before the stride-2 downsampling conv, nearest x2 upsampling, quant/pos
 no output activation). Its parameter count matches the official f8d4 (83.65 M) and its
 ``save_pretrained`` folder layout is the de-facto exchange format for VAE weights (e.g.
 ``stabilityai/sd-vae-ft-mse``). Writing our own copy would only add a second layout to convert.
-The official (LDM) key layout is converted in :mod:`repae.tokenizer.convert`.
+The official (LDM) key layout is converted in :mod:`repae.interop.vae`.
 """
 
 from __future__ import annotations
