@@ -168,35 +168,64 @@ def _random_vgg(folder: Path) -> str:
     return str(path)
 
 
-def bench(cfg, *, steps: int = 5, warmup: int = 1, device: str | None = None, count_flops: bool = False,
-          peak_tflops: float = 0.0, profile: bool = False, profile_top: int = 15) -> dict:
-    from repae.training.engine import setup_distributed
+def _bench_trainer(cfg, engine):
+    """The real trainer on random uint8 images (timing only) with random encoder weights, and one batch."""
     from repae.training.trainer import Trainer
 
-    engine = setup_distributed(cfg.train.mixed_precision, device=device)
-    if engine.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()  # per call: a sweep runs several benches in one process
-    if profile and cfg.train.compile:
-        reset_graph_breaks()  # before the first (compiling) step
     g = torch.Generator().manual_seed(0)
     res, n = cfg.data.resolution, max(cfg.train.batch_size, 64)
-    images = torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, generator=g)  # timing only
-    labels = torch.randint(0, cfg.model.num_classes, (n,), generator=g)
-    dataset = list(zip(images, labels))
-    trainer = Trainer(cfg, engine=engine, random_encoders=True, dataset=dataset)
-    images, labels = images[: cfg.train.batch_size], labels[: cfg.train.batch_size]
-    cuda = engine.device.type == "cuda"
+    images = torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, generator=g)  # [n, 3, H, W]
+    labels = torch.randint(0, cfg.model.num_classes, (n,), generator=g)  # [n]
+    trainer = Trainer(cfg, engine=engine, random_encoders=True, dataset=list(zip(images, labels)))
+    return trainer, images[: cfg.train.batch_size], labels[: cfg.train.batch_size]
+
+
+def _median_seconds(step: Callable[[], object], *, warmup: int, steps: int, cuda: bool) -> float:
+    """Median wall time of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
     times = []
     for i in range(warmup + steps):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        trainer.train_step(images, labels)
+        step()
         if cuda:
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
+    return statistics.median(times)
+
+
+def _flop_rates(step: Callable[[], object], sec: float, peak_tflops: float) -> dict:
+    """TFLOP of one extra (uncompiled-equivalent) step, counting matmul/conv/attention FLOPs, and
+    the rate (and model-FLOP utilisation against ``peak_tflops``) at ``sec`` seconds per step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    tflop = counter.get_total_flops() / 1e12
+    out = {"tflop_per_step": round(tflop, 3), "achieved_tflops": round(tflop / sec, 2)}
+    if peak_tflops:
+        out["mfu"] = round(tflop / sec / peak_tflops, 4)
+    return out
+
+
+def bench(cfg, *, steps: int = 5, warmup: int = 1, device: str | None = None, count_flops: bool = False,
+          peak_tflops: float = 0.0, profile: bool = False, profile_top: int = 15) -> dict:
+    from repae.training.engine import setup_distributed
+
+    engine = setup_distributed(cfg.train.mixed_precision, device=device)
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()  # per call: a sweep runs several benches in one process
+    if profile and cfg.train.compile:
+        reset_graph_breaks()  # before the first (compiling) step
+    trainer, images, labels = _bench_trainer(cfg, engine)
+
+    def step():
+        trainer.train_step(images, labels)
+
+    sec = _median_seconds(step, warmup=warmup, steps=steps, cuda=cuda)
     breaks = graph_break_report() if profile and cfg.train.compile else (None, [])  # warm-up + timed steps
     out = {
         "recipe": cfg.train.recipe,
@@ -216,17 +245,8 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, device: str | None = None, co
     if cuda:
         out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
     if count_flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:  # one extra (uncompiled-equivalent) step; counts matmul/conv/attention FLOPs
-            trainer.train_step(images, labels)
-        tflop = counter.get_total_flops() / 1e12
-        out["tflop_per_step"] = round(tflop, 3)
-        out["achieved_tflops"] = round(tflop / sec, 2)
-        if peak_tflops:
-            out["mfu"] = round(tflop / sec / peak_tflops, 4)
+        out.update(_flop_rates(step, sec, peak_tflops))
     if profile:
         out["graph_breaks"], out["graph_break_reasons"] = breaks
-        out.update(profile_step(lambda: trainer.train_step(images, labels), cuda=cuda, top=profile_top))
+        out.update(profile_step(step, cuda=cuda, top=profile_top))
     return out

@@ -2,18 +2,19 @@
 
 A REPA-E step has up to three optimizer updates (VAE, discriminator, SiT) and an EMA update.
 None of the phases reads weights another phase has just updated (the discriminator and SiT
-phases use the VAE output detached and computed before the VAE update), so the trainer computes
-every phase's gradients and norms first and the guard applies the updates together at the end:
+phases use the VAE output detached and computed before the VAE update), and no two phases
+write gradients to the same parameters, so a step (:mod:`repae.training.step`) computes every
+phase's gradients first and the guard applies the updates together at the end:
 
 1. :meth:`NonFiniteGuard.begin` snapshots the buffers a forward pass mutates (latent-normaliser
    and discriminator BatchNorm statistics, LeCam averages) — a few KB.
-2. The trainer runs the phases; ``_clip_step`` unscales and clips but does not step.
-3. :meth:`NonFiniteGuard.apply` stacks every metric (loss terms and gradient norms) into one
-   vector and reads it to the host **once** (with several processes the vector is all-reduced
-   first, so every rank takes the same decision). If all are finite it steps the optimizers and
-   the EMA; otherwise it zeroes the gradients, restores the buffers and touches no optimizer
-   and no EMA. The step counter and the data stream still advance, so a bad batch is not retried
-   forever.
+2. The step runs the phases (forwards and backwards only).
+3. :meth:`NonFiniteGuard.apply` unscales and clips each optimizer's gradients (``grad_norm_*``),
+   stacks every metric (loss terms and gradient norms) into one vector and reads it to the host
+   **once** (with several processes the vector is all-reduced first, so every rank takes the
+   same decision). If all are finite it steps the optimizers and the EMA; otherwise it zeroes
+   the gradients, restores the buffers and touches no optimizer and no EMA. The step counter and
+   the data stream still advance, so a bad batch is not retried forever.
 
 Skipped steps are counted and logged (``nonfinite_skips`` in the metrics once there is one);
 ``train.max_nonfinite_skips`` consecutive skips halt the run with :class:`NonFiniteError`, one line
@@ -26,10 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from repae.errors import ConfigError
+from repae.training.ema import EMA
+from repae.training.engine import Engine
 
 log = logging.getLogger("repae.train")
 
@@ -39,27 +44,50 @@ class NonFiniteError(ConfigError):
 
 
 class NonFiniteGuard:
-    def __init__(self, trainer, max_consecutive: int):
-        self.trainer = trainer
+    """Clips, then steps every optimizer and the EMA after one finiteness check, or skips the step.
+
+    Args:
+        optimizers: the run's optimizers by name (``opt_vae`` -> metric ``grad_norm_vae``); each
+            clips and steps exactly the parameters it was built with.
+        scaler: the run's ``GradScaler`` (fp16 loss scaling; disabled otherwise).
+        ema: the EMA, updated from ``ema_model`` and ``normalizer`` after a finite step.
+        stateful: modules whose buffers a forward updates (restored when a step is skipped).
+        engine: the process set-up (the finiteness check is shared by all ranks).
+        max_grad_norm: clipping threshold of every optimizer's gradients.
+        max_consecutive: this many skips in a row halt the run (:class:`NonFiniteError`).
+        run_dir: where the halt message looks for the last good checkpoint.
+    """
+
+    def __init__(self, *, optimizers: dict[str, torch.optim.Optimizer], scaler: torch.amp.GradScaler, ema: EMA,
+                 ema_model: nn.Module, normalizer: nn.Module, stateful: list[nn.Module | None], engine: Engine,
+                 max_grad_norm: float, max_consecutive: int, run_dir: Path):
+        self.optimizers, self.scaler = optimizers, scaler
+        self.ema, self.ema_model, self.normalizer = ema, ema_model, normalizer
+        self.stateful = [m for m in stateful if m is not None]
+        self.engine, self.run_dir = engine, run_dir
+        self.max_grad_norm = max_grad_norm
         self.max_consecutive = int(max_consecutive)
         self.consecutive = 0
         self.total = 0
-        self.pending: list[str] = []  # optimizers whose step waits for the check
         self._snapshot: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def _mutable_buffers(self) -> list[torch.Tensor]:
-        tr = self.trainer
-        mods = [tr.tokenizer.normalizer, getattr(tr, "lreg", None), getattr(tr, "tokreg", None)]
-        return [b for m in mods if m is not None for b in m.buffers()]
 
     def begin(self) -> None:
         """Snapshot the buffers a forward pass updates (call before the step's first forward)."""
-        self.pending = []
-        self._snapshot = [(b, b.detach().clone()) for b in self._mutable_buffers()]
+        self._snapshot = [(b, b.detach().clone()) for m in self.stateful for b in m.buffers()]
+
+    def clip(self) -> dict[str, torch.Tensor]:
+        """Unscale (fp16) and clip every optimizer's gradients; their norms, still on the device."""
+        norms = {}
+        for name, opt in self.optimizers.items():
+            self.scaler.unscale_(opt)
+            params = [p for group in opt.param_groups for p in group["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            norms[f"grad_norm_{name.removeprefix('opt_')}"] = norm.detach()
+        return norms
 
     def _read(self, metrics: dict[str, torch.Tensor]) -> tuple[dict[str, float], list[str]]:
         """The step's one device->host read: local metric values and the globally non-finite keys."""
-        eng = self.trainer.engine
+        eng = self.engine
         keys = list(metrics)
         if not keys:
             return {}, []
@@ -77,45 +105,49 @@ class NonFiniteGuard:
         bad = [k for k, v in zip(keys, total) if not math.isfinite(v)]
         return dict(zip(keys, local)), bad
 
-    def apply(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Step the pending optimizers and the EMA if the step is finite, else skip it; return the
-        metrics as floats. Raises :class:`NonFiniteError` after too many consecutive skips."""
-        tr = self.trainer
+    def apply(self, metrics: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """Clip, then step every optimizer and the EMA if the step (0-based ``step``) is finite,
+        else skip it; return the metrics (with the gradient norms) as floats. Raises
+        :class:`NonFiniteError` after too many consecutive skips."""
+        metrics.update(self.clip())
         values, bad = self._read(metrics)
-        overflow = bool(bad) and tr.scaler.is_enabled() and all(k.startswith("grad_norm") for k in bad)
+        overflow = bool(bad) and self.scaler.is_enabled() and all(k.startswith("grad_norm") for k in bad)
         skip = bool(bad) and not overflow
         if not skip:
-            for name in self.pending:
-                tr.scaler.step(tr.optimizers[name])  # fp16: the scaler skips an overflowed optimizer itself
-        for opt in tr.optimizers.values():
+            for opt in self.optimizers.values():
+                self.scaler.step(opt)  # fp16: the scaler skips an overflowed optimizer itself
+        for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        tr.scaler.update()
+        self.scaler.update()
         if skip:
             with torch.no_grad():
                 for live, saved in self._snapshot:
                     live.copy_(saved)
         else:
-            tr.ema.update(tr._ema_source, tr.tokenizer.normalizer)
-        self._snapshot, self.pending = [], []
+            self.ema.update(self.ema_model, self.normalizer)
+        self._snapshot = []
         if skip:
-            self.consecutive += 1
-            self.total += 1
-            step = tr.step + 1
-            term = next((k for k in bad if not k.startswith("grad_norm")), bad[0])
-            log.warning("step %d: non-finite %s; step skipped, no weights changed (%d in a row, %d in total)",
-                        step, ", ".join(bad), self.consecutive, self.total)
-            if self.consecutive >= self.max_consecutive:
-                from repae.training.checkpoint import last_good_checkpoint
-
-                raise NonFiniteError(
-                    f"training halted at step {step}: {self.consecutive} consecutive steps with non-finite "
-                    f"{term}; last good checkpoint: {last_good_checkpoint(tr.cfg.run_dir)} "
-                    "(lower the learning rates or optim.max_grad_norm, then rerun to resume from it)")
+            self._count_skip(step + 1, bad)
         else:
             self.consecutive = 0
         if self.total:
             values["nonfinite_skips"] = float(self.total)
         return values
+
+    def _count_skip(self, step: int, bad: list[str]) -> None:
+        """Log a skipped step (1-based ``step``); halt after ``max_consecutive`` in a row."""
+        self.consecutive += 1
+        self.total += 1
+        term = next((k for k in bad if not k.startswith("grad_norm")), bad[0])
+        log.warning("step %d: non-finite %s; step skipped, no weights changed (%d in a row, %d in total)",
+                    step, ", ".join(bad), self.consecutive, self.total)
+        if self.consecutive >= self.max_consecutive:
+            from repae.training.checkpoint import last_good_checkpoint
+
+            raise NonFiniteError(
+                f"training halted at step {step}: {self.consecutive} consecutive steps with non-finite "
+                f"{term}; last good checkpoint: {last_good_checkpoint(self.run_dir)} "
+                "(lower the learning rates or optim.max_grad_norm, then rerun to resume from it)")
 
     def state_dict(self) -> dict[str, int]:
         return {"consecutive": self.consecutive, "total": self.total}

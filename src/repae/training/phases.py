@@ -1,8 +1,9 @@
 """The REPA-E training step as named phases with explicit gradient routing.
 
 REPA-E (Leng et al. 2025, section 4; spec-repae.md 1.3) updates three networks from one VAE
-forward, in this order: VAE -> discriminator -> SiT -> EMA. The routing rules, written once
-here as code (never as ``requires_grad`` toggles on shared modules):
+forward, in this order: VAE -> discriminator -> SiT -> EMA (the whole step, top to bottom:
+:func:`repae.training.step.repae_step`). The routing rules, written once here as code (never as
+``requires_grad`` toggles on shared modules):
 
 * VAE phase: ``L_REG + lambda_v * REPA``; the REPA term goes through the *frozen* SiT — called
   with ``torch.func.functional_call`` on detached parameters, so the gradient reaches the latent
@@ -35,7 +36,7 @@ from torch.func import functional_call
 
 from repae.conventions import uint8_to_unit
 from repae.losses.alignment import repa_loss
-from repae.losses.tokenizer_reg import TokenizerForward, TokRegDraw, foundation_features
+from repae.losses.tokenizer_reg import TokenizerForward, TokenizerRegularizer, TokRegDraw, foundation_features
 from repae.training.recipes import Recipe
 
 # --- modules that wrap the networks for one DDP forward each ------------------------------------
@@ -119,13 +120,18 @@ class StepRandomness:
 
     @classmethod
     def draw(cls, *, generator: torch.Generator, global_batch: int, rows: slice, latent_shape, time_sampler,
-             drop_prob: float, device) -> StepRandomness:
+             drop_prob: float, device, tokreg: TokenizerRegularizer | None = None) -> StepRandomness:
+        """Draw for the global batch, in a fixed order, and keep this rank's ``rows``. The
+        regularisers' choices (``tokreg`` given) come last, so turning them on changes no other draw."""
         shape = (global_batch, *latent_shape)
         eps = torch.randn(shape, generator=generator)  # [B, C, h, w]
         t = time_sampler.sample(global_batch, generator=generator)  # [B]
         noise = torch.randn(shape, generator=generator)  # [B, C, h, w]
         drop = torch.rand(global_batch, generator=generator) < drop_prob  # [B]
-        return cls(eps[rows].to(device), t[rows].to(device), noise[rows].to(device), drop[rows].to(device))
+        mine = (eps[rows].to(device), t[rows].to(device), noise[rows].to(device), drop[rows].to(device))
+        choices = None if tokreg is None else tokreg.draw(generator, global_batch=global_batch, rows=rows,
+                                                            latent_channels=latent_shape[0], device=device)
+        return cls(*mine, tokreg=choices)
 
 
 # --- phase outputs -----------------------------------------------------------------------------
@@ -159,8 +165,7 @@ class PhaseContext:
     encoder_depth: int
     proj_coeff: float
     vae_align_coeff: float
-    num_classes: int
-    tokreg: nn.Module | None = None  # TokenizerRegularizer (unwrapped), None when all are off
+    tokreg: TokenizerRegularizer | None = None  # unwrapped; None when all regularisers are off
     vf_encoder: nn.Module | None = None  # frozen foundation model of the VF loss
     frozen_sit: Callable = frozen_projections  # (sit, x_t, t, y, depth) -> projections; compiled with train.compile
 
@@ -193,16 +198,10 @@ def vae_phase(ctx: PhaseContext, images, labels, targets, rnd: StepRandomness, s
         out = ctx.lreg.generator_loss(fwd.target, recon, fwd.kl_posterior(), step, last_layer=last_layer)
         loss = loss + out.loss
         metrics.update(out.metrics)
-    if ctx.tokreg is not None:  # SE and VF terms (repae.losses.tokenizer_reg)
-        feats = None
-        if ctx.vf_encoder is not None:
-            feats = foundation_features(ctx.vf_encoder, images, grid=tuple(z.shape[-2:]), pixels=ctx.tokreg.vf_pixels)
-        tout = ctx.tokreg.loss(fwd, lreg=ctx.lreg, step=step, features=feats,
-                               last_layer=ctx.tokenizer.vae.encoder.conv_out.weight)
+    if ctx.tokreg is not None:  # SE / EQ-VAE / VF (repae.losses.tokenizer_reg)
+        tout = tokenizer_regularizers(ctx, images, fwd, rnd.tokreg, step)
         loss = loss + tout.loss
         metrics.update(tout.metrics)
-        if ctx.tokreg.eq_prob > 0:
-            metrics["eq_step"] = z.new_tensor(float(rnd.tokreg.eq_mode == "equivariance"))
     if ctx.recipe.vae_align:
         z_n = ctx.tokenizer.normalizer.normalize(z, update=False)  # running statistics, no update
         noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
@@ -212,6 +211,23 @@ def vae_phase(ctx: PhaseContext, images, labels, targets, rnd: StepRandomness, s
         metrics["vae_align_loss"] = align.detach()
     metrics["vae_loss"] = loss.detach()
     return VAEPhaseOutput(loss=loss, metrics=metrics, z=z, recon=recon, target=fwd.target)
+
+
+def tokenizer_regularizers(ctx: PhaseContext, images: torch.Tensor, fwd: TokenizerForward, draw: TokRegDraw,
+                           step: int) -> PhaseOutput:
+    """The tokenizer regularisers' terms of the VAE phase (spec-related-methods 1-3): SE and the
+    VF loss (its features from the frozen foundation model on uint8 ``images`` [b, 3, H, W], no
+    graph), plus the ``eq_step`` flag. EQ-VAE itself acts through ``fwd.target`` / ``fwd.recon``,
+    which L_REG has already scored."""
+    feats = None
+    if ctx.vf_encoder is not None:  # [b, D, h, w] on the latent grid
+        feats = foundation_features(ctx.vf_encoder, images, grid=tuple(fwd.z.shape[-2:]), pixels=ctx.tokreg.vf_pixels)
+    out = ctx.tokreg.loss(fwd, lreg=ctx.lreg, step=step, features=feats,
+                          last_layer=ctx.tokenizer.vae.encoder.conv_out.weight)
+    metrics = dict(out.metrics)
+    if ctx.tokreg.eq_prob > 0:
+        metrics["eq_step"] = fwd.z.new_tensor(float(draw.eq_mode == "equivariance"))
+    return PhaseOutput(loss=out.loss, metrics=metrics)
 
 
 def discriminator_phase(ctx: PhaseContext, images, recon: torch.Tensor, step: int,

@@ -42,21 +42,10 @@ from repae.training.guard import NonFiniteGuard
 from repae.training.hooks import due
 from repae.training.preflight import preflight
 from repae.training.runlock import acquire_run_lock
+from repae.training.step import MicroBatch, StepTools, step_for
 from repae.utils.io import write_json
 
 log = logging.getLogger("repae.train")
-
-
-class _MetricSum:
-    """Metrics of a step, averaged over its micro-batches, kept on the device until the guard reads them."""
-
-    def __init__(self, accum: int):
-        self.accum = accum
-        self.metrics: dict[str, torch.Tensor] = {}
-
-    def add(self, out) -> None:
-        for k, v in out.metrics.items():
-            self.metrics[k] = self.metrics.get(k, 0.0) + v.float() / self.accum
 
 
 class WandbWriter:
@@ -186,9 +175,9 @@ class Trainer:
         self.aligned = phases.AlignedSiT(self.sit) if self.sit is not None else None
         # the EMA follows the SiT; in the tokenizer-only recipe the VAE (tokreg.ema) or nothing
         # (only the normaliser statistics, which export-vae reads)
-        self._ema_source = self.sit if self.sit is not None else (
+        ema_model = self.sit if self.sit is not None else (
             self.tokenizer.vae if cfg.tokreg.ema else torch.nn.Module())
-        self.ema = EMA(model=self._ema_source, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
+        self.ema = EMA(model=ema_model, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
         wrap = self.engine.wrap
         self.sit_ddp = wrap(self.aligned) if self.aligned is not None else None
         self.vae_ddp = (wrap(phases.VAEForward(self.tokenizer, decode=recipe.l_reg, tokreg=self.tokreg),
@@ -211,14 +200,19 @@ class Trainer:
         if self.lreg is not None:
             self.optimizers["opt_disc"] = torch.optim.AdamW(self.lreg.discriminator.parameters(), lr=oc.disc_lr, **adam)
         self.scaler = torch.amp.GradScaler(self.engine.device.type, enabled=self.engine.mixed_precision == "fp16")
-        self.guard = NonFiniteGuard(self, cfg.train.max_nonfinite_skips)  # applies or skips each step's updates
+        self.guard = NonFiniteGuard(  # clips, then applies or skips each step's updates
+            optimizers=self.optimizers, scaler=self.scaler, ema=self.ema, ema_model=ema_model,
+            normalizer=self.tokenizer.normalizer, stateful=[self.tokenizer.normalizer, self.lreg, self.tokreg],
+            engine=self.engine, max_grad_norm=oc.max_grad_norm, max_consecutive=cfg.train.max_nonfinite_skips,
+            run_dir=cfg.run_dir)
+        self.tools = StepTools(autocast=self.engine.autocast, scaler=self.scaler, grad_accum=cfg.train.grad_accum,
+                               guard=self.guard)
 
         self.ctx = phases.PhaseContext(
             recipe=recipe, tokenizer=self.tokenizer, vae_forward=self.vae_ddp, sit=self.sit_ddp,
             sit_unwrapped=self.aligned, objective=self.objective, lreg=self.lreg, disc_loss=self.disc_ddp,
             encoder_depth=cfg.model.encoder_depth, proj_coeff=cfg.align.proj_coeff,
-            vae_align_coeff=cfg.align.vae_align_coeff, num_classes=cfg.model.num_classes,
-            tokreg=self.tokreg, vf_encoder=self.vf_encoder,
+            vae_align_coeff=cfg.align.vae_align_coeff, tokreg=self.tokreg, vf_encoder=self.vf_encoder,
         )
         if cfg.train.compile:  # the pass outside the DDP-wrapped modules: the frozen SiT
             # (the perceptual net stays eager: compiling it measured no gain on the CPU reference
@@ -274,44 +268,27 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------------------------
 
-    def _clip_step(self, name: str, params) -> torch.Tensor:
-        opt = self.optimizers[name]
-        self.scaler.unscale_(opt)
-        norm = torch.nn.utils.clip_grad_norm_(list(params), self.cfg.optim.max_grad_norm)
-        self.guard.pending.append(name)  # stepped by guard.apply once the whole step is known finite
-        return norm.detach()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss / self.cfg.train.grad_accum).backward()
-
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, moments: torch.Tensor | None = None
                    ) -> dict[str, float]:
         """One optimisation step on this rank's part of the global batch (uint8 images, labels and,
         for the `ldm` recipe, cached posterior moments [b, 2C, h, w]).
 
-        The routing of each recipe (spec 1.3, paper Table 6) is one of three step shapes: REPA-E's
-        stop-gradient order, the joint backward of the no-stop-gradient ablations, or the frozen VAE.
-        Gradients of every phase are computed first; the guard then steps all optimizers and the EMA
-        after one device-to-host read, or skips the step if anything is non-finite.
+        The routing of each recipe (spec 1.3, paper Table 6) is one of three step shapes of
+        :mod:`repae.training.step`: REPA-E's stop-gradient order (:func:`~repae.training.step.repae_step`),
+        the joint backward of the no-stop-gradient ablations, or the frozen VAE. Gradients of every
+        phase are computed first; the guard then clips and steps all optimizers and the EMA after
+        one device-to-host read, or skips the step if anything is non-finite.
         """
-        self.guard.begin()  # snapshot the statistics a forward updates (restored if the step is skipped)
         micro = self._micro_batches(images, labels, moments)
-        acc = _MetricSum(self.cfg.train.grad_accum)
         self.tokenizer.train()
         if self.sit is not None:
             self.sit.train()
-        if self.recipe.train_vae and self.recipe.stop_grad:
-            self._step_stop_grad(micro, acc)
-        elif self.recipe.train_vae:
-            self._step_joint(micro, acc)
-        else:
-            self._step_frozen_vae(micro, acc)
-        values = self.guard.apply(acc.metrics)  # one device->host read; optimizer + EMA steps, or a skip
+        values = step_for(self.recipe)(self.ctx, micro, self.tools, self.step)
         self.step += 1
         return values
 
-    def _micro_batches(self, images, labels, moments) -> list[tuple]:
-        """Per micro-batch: (images, labels, encoder targets, StepRandomness, moments) on the device."""
+    def _micro_batches(self, images, labels, moments) -> list[MicroBatch]:
+        """This rank's micro-batches on the device, with their randomness and encoder targets."""
         cfg, eng = self.cfg, self.engine
         accum = cfg.train.grad_accum
         local = images.shape[0] // accum
@@ -323,82 +300,17 @@ class Trainer:
             imgs = images[part].to(eng.device, non_blocking=True)  # [b, 3, H, W] uint8
             ys = labels[part].to(eng.device, non_blocking=True)  # [b]
             mom = None if moments is None else moments[part].to(eng.device, non_blocking=True)
-            gen = step_generator(cfg.train.seed, self.step, m)
             rnd = phases.StepRandomness.draw(
-                generator=gen, global_batch=global_micro, rows=rows,
+                generator=step_generator(cfg.train.seed, self.step, m), global_batch=global_micro, rows=rows,
                 latent_shape=self.latent_shape, time_sampler=self.objective.time_sampler,
                 drop_prob=self.sit.config.class_dropout_prob if self.sit is not None else 0.0, device=eng.device,
+                tokreg=self.tokreg,
             )
-            if self.tokreg is not None:  # drawn after the above: the other draws do not change
-                rnd.tokreg = self.tokreg.draw(gen, global_batch=global_micro, rows=rows,
-                                              latent_channels=self.latent_shape[0], device=eng.device)
             with torch.no_grad(), eng.autocast():
                 targets = normalize_targets([enc(imgs).float() for enc in self.encoders],
                                             cfg.align.target_norm)  # each [b, N, D_enc]
-            micro.append((imgs, ys, targets, rnd, mom))
+            micro.append(MicroBatch(images=imgs, labels=ys, targets=targets, randomness=rnd, moments=mom))
         return micro
-
-    def _sit_params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.sit.parameters() if p.requires_grad] if self.sit is not None else []
-
-    def _step_stop_grad(self, micro: list[tuple], acc: _MetricSum) -> None:
-        """REPA-E order (spec 1.3): VAE -> discriminator -> SiT on ``z.detach()``, one VAE forward."""
-        eng = self.engine
-        stash = []
-        for imgs, ys, targets, rnd, _ in micro:
-            with eng.autocast():
-                out = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
-            self._backward(out.loss)
-            acc.add(out)
-            stash.append((out.z.detach(), None if out.recon is None else out.recon.detach(), out.target.detach()))
-        acc.metrics["grad_norm_vae"] = self._clip_step("opt_vae", self._vae_params())
-        self._discriminator_step(micro, [(recon, target) for _, recon, target in stash], acc)
-        if self.sit is None:  # tokenizer only (`vae`): the normaliser tracks the latent statistics
-            with torch.no_grad():
-                for z, *_ in stash:
-                    self.tokenizer.normalizer.normalize(z, update=self.recipe.update_normalizer)
-            return
-        for (imgs, ys, targets, rnd, _), (z, *_) in zip(micro, stash):
-            with eng.autocast():
-                out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
-            self._backward(out.loss)
-            acc.add(out)
-        acc.metrics["grad_norm_sit"] = self._clip_step("opt_sit", self._sit_params())
-
-    def _step_joint(self, micro: list[tuple], acc: _MetricSum) -> None:
-        """No stop-gradient (naive end-to-end and its ablation): one backward through both losses."""
-        recons = []
-        for imgs, ys, targets, rnd, _ in micro:
-            with self.engine.autocast():
-                vout = phases.vae_phase(self.ctx, imgs, ys, targets, rnd, self.step)
-                sout = phases.sit_phase(self.ctx, vout.z, ys, targets, rnd)
-            self._backward(vout.loss + sout.loss)
-            acc.add(vout)
-            acc.add(sout)
-            recons.append((vout.recon.detach(), vout.target.detach()))
-        acc.metrics["grad_norm_vae"] = self._clip_step("opt_vae", self._vae_params())
-        acc.metrics["grad_norm_sit"] = self._clip_step("opt_sit", self._sit_params())
-        self._discriminator_step(micro, recons, acc)
-
-    def _step_frozen_vae(self, micro: list[tuple], acc: _MetricSum) -> None:
-        """Frozen VAE (REPA / vanilla / LDM): only the generator learns."""
-        for imgs, ys, targets, rnd, mom in micro:
-            z = phases.encode_frozen(self.ctx, imgs, rnd, moments=mom)
-            with self.engine.autocast():
-                out = phases.sit_phase(self.ctx, z, ys, targets, rnd)
-            self._backward(out.loss)
-            acc.add(out)
-        acc.metrics["grad_norm_sit"] = self._clip_step("opt_sit", self._sit_params())
-
-    def _discriminator_step(self, micro: list[tuple], recons: list[tuple], acc: _MetricSum) -> None:
-        """Hinge loss on the detached (reconstruction, target) pairs of this step's VAE forward."""
-        if self.lreg is None:
-            return
-        for (imgs, *_), (recon, target) in zip(micro, recons):
-            out = phases.discriminator_phase(self.ctx, imgs, recon, self.step, target=target)
-            self._backward(out.loss)
-            acc.add(out)
-        acc.metrics["grad_norm_disc"] = self._clip_step("opt_disc", self.lreg.discriminator.parameters())
 
     # --- state -----------------------------------------------------------------------------------
 
