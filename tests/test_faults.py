@@ -285,7 +285,7 @@ def final_state(root: Path) -> dict:
     models, opt, state = read_checkpoint(run_dir(root) / "checkpoints" / f"step-{STEPS:07d}")
     flat = {f"{g}.{k}": v for g, sd in models.items() for k, v in sd.items()}
     flat.update({f"optim.{k}": v for k, v in opt.items()})
-    flat["scaler"] = torch.tensor([hash(json.dumps(state.get("scaler"), sort_keys=True))])
+    flat["scaler"] = torch.tensor([hash(json.dumps(state.get("scalers"), sort_keys=True))])
     return flat
 
 

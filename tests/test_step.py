@@ -90,5 +90,5 @@ def test_guard_gets_what_it_updates_explicitly(tmp_path):
     tr = make_trainer(tmp_path)
     g = tr.guard
     assert isinstance(g, guard.NonFiniteGuard) and not hasattr(g, "trainer")
-    assert g.optimizers is tr.optimizers and g.scaler is tr.scaler and g.ema is tr.ema and g.ema_model is tr.sit
+    assert g.optimizers is tr.optimizers and g.scalers is tr.scalers and g.ema is tr.ema and g.ema_model is tr.sit
     assert not hasattr(tr, "_clip_step") and not hasattr(phases.PhaseContext, "num_classes")

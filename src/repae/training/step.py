@@ -64,13 +64,14 @@ class StepTools:
     """How a step turns losses into updates (built once by the trainer)."""
 
     autocast: Callable[[], AbstractContextManager]  # Engine.autocast: mixed precision of the forwards
-    scaler: torch.amp.GradScaler  # fp16 loss scaling (disabled otherwise)
+    scalers: dict[str, torch.amp.GradScaler]  # per optimizer name: fp16 loss scaling (disabled otherwise)
     grad_accum: int  # micro-batches per step
     guard: NonFiniteGuard  # clip, optimizer steps and EMA after one finiteness check
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate the gradients of one micro-batch's loss (the step's mean over micro-batches)."""
-        self.scaler.scale(loss / self.grad_accum).backward()
+    def backward(self, loss: torch.Tensor, optimizer: str) -> None:
+        """Accumulate the gradients of one micro-batch's loss (the step's mean over micro-batches),
+        scaled by the loss scaler of the ``optimizer`` whose parameters it trains."""
+        self.scalers[optimizer].scale(loss / self.grad_accum).backward()
 
 
 def repae_step(ctx: PhaseContext, micro: list[MicroBatch], tools: StepTools, step: int) -> dict[str, float]:
@@ -100,7 +101,7 @@ def repae_step(ctx: PhaseContext, micro: list[MicroBatch], tools: StepTools, ste
     for mb in micro:  # 1. VAE phase: one VAE forward per micro-batch, reused by the phases below
         with tools.autocast():
             out = phases.vae_phase(ctx, mb.images, mb.labels, mb.targets, mb.randomness, step)
-        tools.backward(out.loss)
+        tools.backward(out.loss, "opt_vae")
         acc.add(out)
         vae.append(VAEResult.detach(out))
     discriminator_backward(ctx, micro, vae, tools, acc, step)  # 2. discriminator phase
@@ -112,7 +113,7 @@ def repae_step(ctx: PhaseContext, micro: list[MicroBatch], tools: StepTools, ste
         for mb, v in zip(micro, vae):  # 3. SiT phase on the detached latent
             with tools.autocast():
                 out = phases.sit_phase(ctx, v.z, mb.labels, mb.targets, mb.randomness)
-            tools.backward(out.loss)
+            tools.backward(out.loss, "opt_sit")
             acc.add(out)
     return tools.guard.apply(acc.metrics, step)  # 4. clip, step every optimizer and the EMA (or skip)
 
@@ -127,7 +128,7 @@ def joint_step(ctx: PhaseContext, micro: list[MicroBatch], tools: StepTools, ste
         with tools.autocast():
             vout = phases.vae_phase(ctx, mb.images, mb.labels, mb.targets, mb.randomness, step)
             sout = phases.sit_phase(ctx, vout.z, mb.labels, mb.targets, mb.randomness)  # z attached
-        tools.backward(vout.loss + sout.loss)
+        tools.backward(vout.loss + sout.loss, "opt_vae")  # one scaler for both (guard.loss_scalers)
         acc.add(vout)
         acc.add(sout)
         vae.append(VAEResult.detach(vout))
@@ -143,7 +144,7 @@ def frozen_vae_step(ctx: PhaseContext, micro: list[MicroBatch], tools: StepTools
         z = phases.encode_frozen(ctx, mb.images, mb.randomness, moments=mb.moments)  # [b, C, h, w]
         with tools.autocast():
             out = phases.sit_phase(ctx, z, mb.labels, mb.targets, mb.randomness)
-        tools.backward(out.loss)
+        tools.backward(out.loss, "opt_sit")
         acc.add(out)
     return tools.guard.apply(acc.metrics, step)
 
@@ -155,7 +156,7 @@ def discriminator_backward(ctx: PhaseContext, micro: list[MicroBatch], vae: list
         return
     for mb, v in zip(micro, vae):
         out = phases.discriminator_phase(ctx, mb.images, v.recon, step, target=v.target)
-        tools.backward(out.loss)
+        tools.backward(out.loss, "opt_disc")
         acc.add(out)
 
 

@@ -38,7 +38,7 @@ from repae.training.builders import (
 from repae.training.checkpoint import prepare_run, read_checkpoint, restore_optimizers, resume_run, save_checkpoint
 from repae.training.ema import EMA
 from repae.training.engine import setup_distributed, step_generator
-from repae.training.guard import NonFiniteGuard
+from repae.training.guard import NonFiniteGuard, loss_scalers
 from repae.training.hooks import due
 from repae.training.preflight import preflight
 from repae.training.runlock import acquire_run_lock
@@ -199,13 +199,15 @@ class Trainer:
             self.optimizers["opt_vae"] = torch.optim.AdamW(self._vae_params(), lr=oc.vae_lr, **adam)
         if self.lreg is not None:
             self.optimizers["opt_disc"] = torch.optim.AdamW(self.lreg.discriminator.parameters(), lr=oc.disc_lr, **adam)
-        self.scaler = torch.amp.GradScaler(self.engine.device.type, enabled=self.engine.mixed_precision == "fp16")
+        self.scalers = loss_scalers(self.optimizers, self.engine.device.type,
+                                    enabled=self.engine.mixed_precision == "fp16",
+                                    joint=recipe.train_vae and not recipe.stop_grad)
         self.guard = NonFiniteGuard(  # clips, then applies or skips each step's updates
-            optimizers=self.optimizers, scaler=self.scaler, ema=self.ema, ema_model=ema_model,
+            optimizers=self.optimizers, scalers=self.scalers, ema=self.ema, ema_model=ema_model,
             normalizer=self.tokenizer.normalizer, stateful=[self.tokenizer.normalizer, self.lreg, self.tokreg],
             engine=self.engine, max_grad_norm=oc.max_grad_norm, max_consecutive=cfg.train.max_nonfinite_skips,
             run_dir=cfg.run_dir)
-        self.tools = StepTools(autocast=self.engine.autocast, scaler=self.scaler, grad_accum=cfg.train.grad_accum,
+        self.tools = StepTools(autocast=self.engine.autocast, scalers=self.scalers, grad_accum=cfg.train.grad_accum,
                                guard=self.guard)
 
         self.ctx = phases.PhaseContext(
@@ -333,7 +335,8 @@ class Trainer:
             "step": self.step,
             "images_seen": self.step * self.cfg.train.batch_size,
             "sampler": self._data_position(),
-            "scaler": {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in self.scaler.state_dict().items()},
+            "scalers": {name: {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in sc.state_dict().items()}
+                        for name, sc in self.scalers.items()},
             "config": self.cfg.to_dict(),
             "z_dims": list(self.z_dims),
             "recipe": self.cfg.train.recipe,
@@ -355,8 +358,10 @@ class Trainer:
         if self.lreg is not None and "disc" in models:
             self.lreg.discriminator.load_state_dict(models["disc"])
         restore_optimizers(self.optimizers, opt_tensors, state)
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        saved = state.get("scalers") or {name: state.get("scaler") for name in self.scalers}  # older: one scaler
+        for name, scaler in self.scalers.items():
+            if saved.get(name):
+                scaler.load_state_dict(saved[name])
         self.step = int(state["step"])
         self.guard.load_state_dict(state.get("nonfinite", {}))
 
