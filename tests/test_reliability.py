@@ -22,7 +22,7 @@ import torch
 from repae.config import check_ranges, load_config
 from repae.errors import ConfigError
 from repae.training import checkpoint as ck
-from repae.training import phases
+from repae.training import phases, resume
 from repae.training.guard import NonFiniteError
 from repae.training.runlock import RunLockedError, acquire_run_lock
 from repae.utils.io import truncate_jsonl
@@ -208,7 +208,7 @@ def test_resume_config_changes_are_reported(tmp_path, caplog):
     saved = load_config("tiny-fmnist").to_dict()
     changed = load_config("tiny-fmnist", ["optim.lr=5e-4", "train.seed=3", "train.max_steps=9"]).to_dict()
     with caplog.at_level(logging.INFO, logger="repae.checkpoint"):
-        changes = ck.report_config_changes(tmp_path, saved, changed)
+        changes = resume.report_config_changes(tmp_path, saved, changed)
     assert set(changes) == {"optim.lr", "train.seed", "train.max_steps"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("optim.lr=0.0005 differs from the checkpoint's 0.001" in w and "its values are used" in w
@@ -217,7 +217,7 @@ def test_resume_config_changes_are_reported(tmp_path, caplog):
     assert not any("max_steps" in w for w in warnings)
     arch = load_config("tiny-fmnist", ["model.preset=SiT-T/2"]).to_dict()
     with pytest.raises(ck.CheckpointError, match="model.preset='SiT-T/2' \\(checkpoint: 'SiT-T/1'\\)"):
-        ck.report_config_changes(tmp_path, saved, arch)
+        resume.report_config_changes(tmp_path, saved, arch)
 
 
 # --- logs ------------------------------------------------------------------------------------------

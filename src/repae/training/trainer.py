@@ -35,12 +35,13 @@ from repae.training.builders import (
     init_generator_weights,
     validate_config,
 )
-from repae.training.checkpoint import prepare_run, read_checkpoint, restore_optimizers, resume_run, save_checkpoint
+from repae.training.checkpoint import read_checkpoint, restore_optimizers, save_checkpoint
 from repae.training.ema import EMA
 from repae.training.engine import setup_distributed, step_generator
 from repae.training.guard import NonFiniteGuard, loss_scalers
 from repae.training.hooks import due
 from repae.training.preflight import preflight
+from repae.training.resume import prepare_run, resume_run
 from repae.training.runlock import acquire_run_lock
 from repae.training.step import MicroBatch, StepTools, step_for
 from repae.utils.io import write_json
@@ -384,9 +385,10 @@ class Trainer:
         if eng.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / "config.json", cfg.to_dict())
-        if cfg.train.resume and (ckpt := resume_run(self)) is not None:  # newest checkpoint that verifies
+        if cfg.train.resume and (ckpt := resume_run(run_dir, cfg.to_dict(), self.load)) is not None:  # newest that verifies
             log.info("resumed from %s (step %d)", ckpt, self.step)
-        prepare_run(self)  # metrics.jsonl cut back to this step; room for one checkpoint (all ranks stop together)
+        prepare_run(run_dir, step=self.step, resume=cfg.train.resume, is_main=eng.is_main,  # metrics.jsonl cut back;
+                    models=self.model_state(), optimizers=self.optimizers)  # room for one checkpoint (all ranks)
         total = cfg.train.max_steps if max_steps is None else max_steps
         writer = self._writer() if eng.is_main else None
         metrics_file = run_dir / "metrics.jsonl"
