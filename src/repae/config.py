@@ -36,11 +36,16 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    preset: str = "tiny-f4d4"  # VAE architecture: f8d4 | f16d32 | tiny-f4d4 | tiny-f8d4
-    weights: str | None = None  # diffusers folder / safetensors / LDM .pt; None = random init
+    # VAE architecture: f8d4 | f16d32 | tiny-f4d4 | tiny-f8d4 (LDM design) | flux1 | sd35 | flux2 | qwenimage
+    # (published diffusers VAEs) | auto (the architecture of the diffusers folder in `weights`; docs/tokenizers.md)
+    preset: str = "tiny-f4d4"
+    weights: str | None = None  # diffusers VAE folder / safetensors / LDM .pt; None = random init
     stats: str | None = None  # JSON {mean, std} initialising the latent normaliser
     bn_momentum: float = 0.1  # momentum of the latent BatchNorm (spec 2.6)
     stats_images: int = 512  # without `stats`: images whose posterior samples initialise the normaliser
+    # preset=auto: the folder's diffusers config ({"_class_name": ..., ...}), filled in from `weights` when the
+    # run is built and recorded in config.json, so a checkpoint rebuilds its VAE without the folder
+    arch: dict[str, Any] | None = None
 
 
 @dataclass
@@ -154,6 +159,10 @@ class TrainConfig:
     # 32x32 Fashion-MNIST only; RUN/final-samples.json + .png, shown first in report.html); 0 = off
     final_eval_samples: int = 0
     max_nonfinite_skips: int = 3  # consecutive NaN/inf steps (each skipped, nothing updated) before the run halts
+    # several processes: a collective (gradient all-reduce, barrier) waits at most this long for a silent
+    # rank before every rank stops (torch's default is 30 min of idle, billed GPUs); a rank that fails
+    # tells the others at once
+    dist_timeout_min: float = 10.0
 
 
 @dataclass
@@ -355,6 +364,7 @@ RANGES: dict[str, tuple] = {
     "train.batch_size": _POS, "train.grad_accum": _POS, "train.max_steps": _POS, "train.log_every": _POS,
     "train.checkpoint_every": _POS, "train.keep_checkpoints": _NONNEG, "train.sample_every": _NONNEG,
     "train.threads": _NONNEG, "train.diagnostics_every": _NONNEG, "train.final_eval_samples": _NONNEG, "train.max_nonfinite_skips": _POS,
+    "train.dist_timeout_min": _POS,
     "sample.num_images": _POS, "sample.num_steps": _POS, "sample.cfg_scale": _NONNEG,
     "sample.guidance_low": _UNIT, "sample.guidance_high": _UNIT,
 }

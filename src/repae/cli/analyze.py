@@ -76,16 +76,17 @@ def _resolution(args, sources) -> int:
 
 def _check_vae_resolution(sources, resolution: int, vae_preset: str | None) -> None:
     """VAE / data resolution mismatch -> one line, before any image is read."""
-    import json
-
-    from repae.tokenizer.vae import VAEConfig, get_vae_config
+    from repae.tokenizer.registry import read_folder_arch, tokenizer_arch
+    from repae.tokenizer.vae import get_vae_config
 
     for s in sources:
         if s.config is not None:
-            factor = get_vae_config(s.config.tokenizer.preset).downsample_factor
+            factor = tokenizer_arch(s.config.tokenizer).downsample_factor
         elif s.path.is_dir():
-            cfg_file = s.path / "config.json" if (s.path / "config.json").is_file() else s.path / "vae" / "config.json"
-            factor = VAEConfig.from_diffusers_config(json.loads(cfg_file.read_text())).downsample_factor
+            found = read_folder_arch(s.path)
+            if found is None:
+                raise ConfigError(f"'{s.spec}' is a folder without a VAE config.json (nor vae/config.json)")
+            factor = found[1].downsample_factor
         elif vae_preset is not None:
             factor = get_vae_config(vae_preset).downsample_factor
         else:

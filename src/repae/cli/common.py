@@ -182,20 +182,24 @@ def image_source(spec: str, *, resolution: int | None, split: str = "test", stri
 def add_vae_argument(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
     """``--vae`` means the same in every verb: a preset name, a saved tokenizer folder or a weights file."""
     parser.add_argument("--vae", default=default, required=default is None,
-                        help="tokenizer: a folder written by export-vae / save_pretrained (or a diffusers "
-                        "AutoencoderKL folder), an LDM/official .pt/.ckpt/.safetensors file (with --vae-preset), "
-                        "or a preset name for a randomly initialised VAE" + (f" (default {default})" if default else ""))
+                        help="tokenizer: a folder written by export-vae / save_pretrained, or a diffusers VAE folder "
+                        "(AutoencoderKL in any configuration, AutoencoderKLFlux2, AutoencoderKLQwenImage), an "
+                        "LDM/official .pt/.ckpt/.safetensors file (with --vae-preset), or a preset name for a randomly "
+                        "initialised VAE" + (f" (default {default})" if default else ""))
     parser.add_argument("--vae-preset", default=None,
-                        help="architecture of a --vae weights file (f8d4, f16d32, tiny-f4d4, tiny-f8d4; default f8d4)")
+                        help="architecture of a --vae weights file (f8d4, f16d32, tiny-f4d4, tiny-f8d4, flux1, sd35, "
+                        "flux2, qwenimage; default f8d4)")
 
 
 def load_tokenizer(spec: str, *, preset: str | None = None):
-    """Resolve ``--vae``: folder -> ``from_pretrained``; preset name -> random init; file -> preset + weights."""
+    """Resolve ``--vae``: folder (or a hub id in the local Hugging Face cache) -> ``from_pretrained``; preset name ->
+    random init; file -> preset + weights."""
     from pathlib import Path
 
+    from repae.interop.hub import repo_id as hub_repo_id
     from repae.tokenizer.registry import resolve_tokenizer_weights
     from repae.tokenizer.tokenizer import Tokenizer
-    from repae.tokenizer.vae import VAE_PRESETS
+    from repae.tokenizer.vae import preset_names
 
     path = Path(resolve_tokenizer_weights(spec))
     if path.is_dir():
@@ -204,7 +208,11 @@ def load_tokenizer(spec: str, *, preset: str | None = None):
         tok = Tokenizer.from_preset(preset or "f8d4")
         print(tok.load_vae_weights(path))
         return tok
-    if spec in VAE_PRESETS:
+    if spec in preset_names():
         print(f"warning: --vae {spec} is a preset name: a randomly initialised VAE")
         return Tokenizer.from_preset(spec)
-    raise ConfigError(f"--vae {spec!r} is neither a folder, a weights file nor a preset ({', '.join(VAE_PRESETS)})")
+    from repae.interop.vae import missing_vae_weights
+
+    if hub_repo_id(spec) is not None:
+        raise missing_vae_weights(spec)  # a hub id that is not in the local cache: names the files to place
+    raise ConfigError(f"--vae {spec!r} is neither a folder, a weights file nor a preset ({', '.join(preset_names())})")

@@ -122,13 +122,20 @@ def _attn(ldm: str, dif: str) -> list[tuple[str, str, bool]]:
 
 
 def key_map(config: VAEGeometry) -> list[tuple[str, str, bool]]:
-    """Every parameter of the architecture as ``(ldm_key, diffusers_key, is_attn_linear_weight)``."""
+    """Every parameter of the architecture as ``(ldm_key, diffusers_key, is_attn_linear_weight)``.
+
+    A geometry with ``use_quant_conv`` / ``use_post_quant_conv`` False (FLUX.1, SD3: no 1x1 convs around
+    the latent) has no ``quant_conv`` / ``post_quant_conv`` entries; without those attributes both exist.
+    """
     ch = config.block_out_channels
     n = config.num_levels
     attn = set(config.attention_levels)
+    absent = {name for name, flag in (("quant_conv", "use_quant_conv"), ("post_quant_conv", "use_post_quant_conv"))
+              if not getattr(config, flag, True)}
     out: list[tuple[str, str, bool]] = []
     for a, b in TOP_LEVEL.items():
-        out += [(f"{a}.{p}", f"{b}.{p}", False) for p in PARAMS]
+        if a not in absent:
+            out += [(f"{a}.{p}", f"{b}.{p}", False) for p in PARAMS]
     kinds = {"resnet": lambda a, b: _resnet(a, b, False), "attn": _attn}
     for side in ("encoder", "decoder"):
         for a, (b, kind) in MID_PARTS.items():
@@ -210,7 +217,12 @@ def diffusers_to_ldm(state_dict: dict, config: VAEGeometry) -> dict:
 
 
 def missing_vae_weights(path) -> MissingWeightsError:
-    """The one-line error for VAE weights that are not there."""
+    """The one-line error for VAE weights that are not there (a hub id's names the files to place in the cache)."""
+    from repae.interop import hub
+
+    repo = hub.repo_id(str(path))
+    if repo is not None:
+        return MissingWeightsError(f"VAE weights not found at {path}", hub.missing_hint(repo))
     return MissingWeightsError(
         f"VAE weights not found at {path}",
         "pass a local diffusers folder, .safetensors, .pt or .ckpt file (weights are never downloaded)",
@@ -245,13 +257,17 @@ def extract_vae_state_dict(obj: Any) -> tuple[dict, int]:
     return kept, len(sd) - len(kept)
 
 
-def to_diffusers(obj: Any, config: VAEGeometry) -> tuple[dict, str, int]:
+def to_diffusers(obj: Any, config: VAEGeometry | None) -> tuple[dict, str, int]:
     """A checkpoint object (any layout, any nesting) -> ``(diffusers state dict, layout, non-VAE tensors dropped)``.
 
     The key set is checked against the LDM map for ``ldm`` checkpoints; the caller checks the result
-    against its network (:func:`repae.interop.io.check_state_dict`).
+    against its network (:func:`repae.interop.io.check_state_dict`). ``config`` None: an architecture
+    with no LDM layout (FLUX.2, Qwen-Image), so an ``ldm`` checkpoint is a KeyLayoutError.
     """
     sd, dropped = extract_vae_state_dict(obj)
     layout = detect_layout(sd)
+    if layout == "ldm" and config is None:
+        raise KeyLayoutError("VAE weights in the LDM layout (encoder.down.*) cannot load into this architecture, "
+                             "which has no LDM layout: give its diffusers folder or a diffusers-layout file")
     sd = ldm_to_diffusers(sd, config) if layout == "ldm" else rename_legacy_diffusers(sd)
     return sd, layout, dropped

@@ -501,7 +501,7 @@ def matched_encoder_resolution(name: str, latent_side: int, data_resolution: int
 def validate_tokreg(cfg: RunConfig, recipe) -> None:
     """Every tokreg check that needs no weights (called by ``validate_config`` before building)."""
     from repae.encoders import encoder_spec
-    from repae.tokenizer.vae import get_vae_config
+    from repae.tokenizer.registry import tokenizer_arch
 
     tc = cfg.tokreg
     check_values(se_weight=tc.se_weight, se_factors=tc.se_factors, se_terms=tc.se_terms, eq_prob=tc.eq_prob,
@@ -515,7 +515,7 @@ def validate_tokreg(cfg: RunConfig, recipe) -> None:
     if not (recipe.train_vae and recipe.l_reg):
         raise ConfigError(f"tokenizer regularisers need a recipe that trains the VAE with L_REG, not "
                           f"'{cfg.train.recipe}'; use train.recipe=vae or repa-e, or set the tokreg weights to 0")
-    f = get_vae_config(cfg.tokenizer.preset).downsample_factor
+    f = tokenizer_arch(cfg.tokenizer).downsample_factor
     side = cfg.data.resolution // f
     den = tc.eq_scale_den or side
     check_grid((side, side), se_factors=tc.se_factors if tc.se_weight > 0 else (),

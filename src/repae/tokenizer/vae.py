@@ -161,25 +161,41 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
-def get_vae_config(name: str) -> VAEConfig:
-    """Look up a preset; unknown names raise ConfigError listing the choices."""
-    try:
-        return VAE_PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown VAE preset {name!r}; choose one of: {', '.join(VAE_PRESETS)}") from None
+def get_vae_config(name: str):
+    """Look up a preset: an LDM geometry (:data:`VAE_PRESETS`, a :class:`VAEConfig`) or a published
+    diffusers VAE (:data:`repae.tokenizer.families.DIFFUSERS_VAE_PRESETS`, a ``DiffusersVAESpec``);
+    unknown names raise ConfigError listing the choices."""
+    from repae.tokenizer.families import DIFFUSERS_VAE_PRESETS
+
+    found = VAE_PRESETS.get(name) or DIFFUSERS_VAE_PRESETS.get(name)
+    if found is None:
+        raise ConfigError(f"unknown VAE preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return found
 
 
-def build_vae(config: VAEConfig | str):
-    """Randomly initialised :class:`diffusers.AutoencoderKL` of the given geometry (or preset name),
-    its decoder upsampling folded into transposed convolutions (:mod:`repae.tokenizer.upsample`;
-    ``set_folded_upsampling(vae, False)`` restores diffusers' forward for bitwise comparisons)."""
-    from diffusers import AutoencoderKL
+def preset_names() -> list[str]:
+    """Every tokenizer preset name: the LDM geometries, then the published diffusers VAEs."""
+    from repae.tokenizer.families import DIFFUSERS_VAE_PRESETS
 
+    return [*VAE_PRESETS, *DIFFUSERS_VAE_PRESETS]
+
+
+def build_vae(config):
+    """Randomly initialised diffusers VAE of the given architecture (a :class:`VAEConfig`, a
+    ``DiffusersVAESpec`` or a preset name), its decoder upsampling folded into transposed convolutions
+    (:mod:`repae.tokenizer.upsample`; ``set_folded_upsampling(vae, False)`` restores diffusers' forward for
+    bitwise comparisons). A :class:`VAEConfig` gives an :class:`diffusers.AutoencoderKL`; a spec its own
+    class, through ``Class.from_config``."""
     from repae.tokenizer.upsample import set_folded_upsampling
 
     if isinstance(config, str):
         config = get_vae_config(config)
-    vae = AutoencoderKL(**config.to_diffusers_kwargs())
+    if isinstance(config, VAEConfig):
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL(**config.to_diffusers_kwargs())
+    else:
+        vae = config.build()
     set_folded_upsampling(vae)  # the decoder's nearest-x2 + conv3x3 as one transposed conv (exact, 4/9 FLOPs)
     return vae
 

@@ -3,7 +3,8 @@
 ``validate_config`` and the builders raise :class:`~repae.errors.ConfigError` /
 :class:`~repae.errors.MissingWeightsError` before any training step, with one line naming the fix.
 ``validate_config`` also resolves the settings a config may leave to the model
-(:func:`resolve_config`: ``sample.sampler=auto``), so the saved ``config.json`` holds what was used.
+(:func:`resolve_config`: ``sample.sampler=auto``, ``tokenizer.preset=auto``), so the saved ``config.json``
+holds what was used.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ log = logging.getLogger("repae.train")
 def validate_config(cfg: RunConfig) -> Recipe:
     """Cheap checks that need no weights (run first, before anything is built)."""
     from repae.models import MODEL_PRESETS
-    from repae.tokenizer.vae import get_vae_config
+    from repae.tokenizer.registry import tokenizer_arch
 
     recipe = get_recipe(cfg.train.recipe)
     resolve_channels_last(cfg.train.channels_last, "cpu")  # true / false / auto, else one line naming them
-    vae_cfg = get_vae_config(cfg.tokenizer.preset)
+    vae_cfg = tokenizer_arch(cfg.tokenizer)  # a preset, or (preset=auto) the tokenizer.weights folder's
+    if cfg.train.vae_checkpointing and not _supports_checkpointing(vae_cfg):
+        raise ConfigError(f"train.vae_checkpointing=true: diffusers' {vae_cfg.class_name} has no gradient "
+                          "checkpointing; set train.vae_checkpointing=false")
     if cfg.model.preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown model.preset '{cfg.model.preset}'; choose one of: {', '.join(MODEL_PRESETS)}")
     preset = MODEL_PRESETS[cfg.model.preset]
@@ -59,23 +63,42 @@ def validate_config(cfg: RunConfig) -> Recipe:
     return recipe
 
 
+def _supports_checkpointing(arch) -> bool:
+    from repae.tokenizer.families import DiffusersVAESpec
+
+    return not isinstance(arch, DiffusersVAESpec) or arch.family.supports_gradient_checkpointing()
+
+
 def build_tokenizer_arch(cfg: RunConfig):
     """The tokenizer architecture with random weights (checkpoints fill it)."""
+    from repae.tokenizer.registry import AUTO_PRESET, tokenizer_arch
     from repae.tokenizer.tokenizer import Tokenizer
 
-    return Tokenizer.from_preset(cfg.tokenizer.preset, momentum=cfg.tokenizer.bn_momentum)
+    if cfg.tokenizer.preset != AUTO_PRESET:
+        return Tokenizer.from_preset(cfg.tokenizer.preset, momentum=cfg.tokenizer.bn_momentum)
+    return Tokenizer(tokenizer_arch(cfg.tokenizer), momentum=cfg.tokenizer.bn_momentum, preset=AUTO_PRESET)
 
 
 def build_tokenizer(cfg: RunConfig, recipe: Recipe):
-    """Tokenizer with weights (unless the recipe starts from scratch) and normaliser statistics."""
-    from repae.tokenizer.registry import resolve_tokenizer_weights
+    """Tokenizer with weights (unless the recipe starts from scratch) and normaliser statistics.
+
+    A diffusers folder of a non-LDM architecture (FLUX.1, SD3.5, FLUX.2, Qwen-Image, ...) loads with
+    ``Tokenizer.from_pretrained``, whose statistics come from ``latent_stats.json`` or, without it, from what
+    the folder carries (logged); an LDM-design folder needs ``latent_stats.json`` for that, as before.
+    """
+    from repae.tokenizer.families import DiffusersVAESpec
+    from repae.tokenizer.registry import AUTO_PRESET, resolve_tokenizer_weights, tokenizer_arch
     from repae.tokenizer.tokenizer import Tokenizer
 
     weights = None if recipe.vae_random_init else resolve_tokenizer_weights(cfg.tokenizer.weights)
-    if weights and Path(weights).is_dir() and (Path(weights) / "latent_stats.json").exists():
-        tok = Tokenizer.from_pretrained(weights)
+    folder = Path(weights) if weights and Path(weights).is_dir() else None
+    diffusers_folder = folder is not None and isinstance(tokenizer_arch(cfg.tokenizer), DiffusersVAESpec)
+    if folder is not None and (diffusers_folder or (folder / "latent_stats.json").exists()):
+        tok = Tokenizer.from_pretrained(folder, require_stats=False)
         tok.normalizer.momentum = cfg.tokenizer.bn_momentum
-        has_stats = True
+        has_stats = tok.stats_source is not None
+    elif weights is None and cfg.tokenizer.preset == AUTO_PRESET:
+        tok, has_stats = build_tokenizer_arch(cfg), False
     else:
         tok = Tokenizer.from_preset(cfg.tokenizer.preset, weights=weights, momentum=cfg.tokenizer.bn_momentum)
         has_stats = False
@@ -87,6 +110,8 @@ def build_tokenizer(cfg: RunConfig, recipe: Recipe):
             raise ConfigError(f"tokenizer.stats={cfg.tokenizer.stats} has {mean.numel()} channels but the tokenizer "
                               f"has {tok.latent_channels}: give the statistics of the same VAE")
         tok.normalizer.set_statistics(mean, std)
+        log.info("latent statistics from tokenizer.stats=%s%s", cfg.tokenizer.stats,
+                 f" (replacing {tok.stats_source})" if tok.stats_source else "")
         has_stats = True
     return tok, has_stats
 
@@ -164,6 +189,9 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     if cfg.model.preset in MODEL_PRESETS:  # an unknown preset is validate_config's one-line error
         cfg.sample.sampler = resolve_sampler(cfg.model.preset, cfg.sample.sampler)
     resolve_cached_latents_vae(cfg)
+    from repae.tokenizer.registry import resolve_tokenizer_arch
+
+    resolve_tokenizer_arch(cfg.tokenizer)  # tokenizer.preset=auto -> record the folder's architecture
     return cfg
 
 

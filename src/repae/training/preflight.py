@@ -3,13 +3,10 @@
 :func:`preflight` raises :class:`~repae.errors.ConfigError` with one line naming the key and the
 fix for out-of-range values (:func:`repae.config.check_ranges`) and for a ``tokenizer.weights``
 folder whose architecture is not ``tokenizer.preset`` (the folder's ``config.json`` would
-otherwise silently win). It reads at most two small JSON files (with a latent cache, its ``meta.json``).
+otherwise silently win; ``tokenizer.preset=auto`` takes the folder's architecture on purpose). It reads at most two small JSON files (with a latent cache, its ``meta.json``).
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 from repae.config import RunConfig, check_ranges
 from repae.errors import ConfigError
@@ -20,26 +17,40 @@ _GEOMETRY = ("block_out_channels", "attention_levels", "latent_channels", "layer
 
 
 def check_tokenizer_weights(cfg: RunConfig) -> None:
-    """A diffusers folder in ``tokenizer.weights`` must have the geometry of ``tokenizer.preset``."""
-    from repae.tokenizer.tokenizer import CONFIG_NAME
-    from repae.tokenizer.vae import VAEConfig, get_vae_config
+    """A diffusers folder in ``tokenizer.weights`` must have the architecture of ``tokenizer.preset``
+    (``tokenizer.preset=auto`` takes the folder's; ``tokenizer.arch``, once recorded, must still match it)."""
+    from repae.tokenizer.families import DiffusersVAESpec
+    from repae.tokenizer.registry import AUTO_PRESET, read_folder_arch, tokenizer_arch
+    from repae.tokenizer.vae import VAEConfig
 
     weights = cfg.tokenizer.weights
-    if not weights or not (Path(weights) / CONFIG_NAME).is_file():
-        return  # a file (or missing path): the strict shape check of load_vae_weights applies
+    if cfg.tokenizer.preset == AUTO_PRESET and cfg.tokenizer.arch is None:
+        tokenizer_arch(cfg.tokenizer)  # needs a supported folder: one line otherwise
+        return
     try:
-        found = VAEConfig.from_diffusers_config(json.loads((Path(weights) / CONFIG_NAME).read_text()))
+        found = read_folder_arch(weights) if weights else None
     except (ValueError, KeyError, TypeError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"tokenizer.weights: {Path(weights) / CONFIG_NAME} is not a diffusers VAE config "
+        raise ConfigError(f"tokenizer.weights: {weights}/config.json is not a diffusers VAE config "
                           f"({type(err).__name__}: {err}); point tokenizer.weights at a VAE folder") from None
-    want = get_vae_config(cfg.tokenizer.preset)
-    diff = [f"{f} {getattr(found, f)} vs {getattr(want, f)}" for f in _GEOMETRY
-            if _norm(getattr(found, f)) != _norm(getattr(want, f))]
+    if found is None:
+        return  # a file (or missing path): the strict shape check of load_vae_weights applies
+    found = found[1]
+    want = tokenizer_arch(cfg.tokenizer)
+    name = cfg.tokenizer.preset if cfg.tokenizer.preset != AUTO_PRESET else "tokenizer.arch"
+    if isinstance(found, VAEConfig) and isinstance(want, VAEConfig):
+        diff = [f"{f} {getattr(found, f)} vs {getattr(want, f)}" for f in _GEOMETRY
+                if _norm(getattr(found, f)) != _norm(getattr(want, f))]
+    elif isinstance(found, DiffusersVAESpec) and isinstance(want, DiffusersVAESpec):
+        diff = found.differences(want)
+    else:
+        kind = {True: "the LDM design", False: "not the LDM design"}
+        diff = [f"{kind[isinstance(found, VAEConfig)]} vs {kind[isinstance(want, VAEConfig)]}"]
     if diff:
-        raise ConfigError(f"tokenizer.weights={weights} is not a '{cfg.tokenizer.preset}' VAE ({'; '.join(diff)}): "
-                          "set tokenizer.preset to the folder's architecture or use matching weights")
+        raise ConfigError(f"tokenizer.weights={weights} is not a '{name}' VAE ({'; '.join(diff)}): set "
+                          "tokenizer.preset to the folder's architecture (tokenizer.preset=auto takes it from the "
+                          "folder) or use matching weights")
 
 
 def _norm(value):
