@@ -9,9 +9,11 @@ MASTER_ADDR, which :func:`setup_distributed` reads.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -72,8 +74,13 @@ class Engine:
         return self.device if (self.distributed and dist.get_backend() == "nccl") else torch.device("cpu")
 
 
-def setup_distributed(mixed_precision: str = "no", *, device: str | None = None) -> Engine:
-    """Initialise torch.distributed from the launcher's environment (no-op for one process)."""
+def setup_distributed(mixed_precision: str = "no", *, device: str | None = None,
+                      timeout_min: float = 10.0) -> Engine:
+    """Initialise torch.distributed from the launcher's environment (no-op for one process).
+
+    ``timeout_min`` bounds every collective: a rank that stops answering (a dead node whose sockets
+    never close, a hung process) makes the others fail after that long instead of torch's default
+    30 min (``train.dist_timeout_min``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -85,7 +92,7 @@ def setup_distributed(mixed_precision: str = "no", *, device: str | None = None)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_min))
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
     if mixed_precision not in ("no", "bf16", "fp16"):
@@ -93,6 +100,17 @@ def setup_distributed(mixed_precision: str = "no", *, device: str | None = None)
 
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{mixed_precision}'")
     return Engine(rank=rank, world_size=world, local_rank=local_rank, device=dev, mixed_precision=mixed_precision)
+
+
+def abort_distributed(err: BaseException) -> None:
+    """A rank that fails tells the others: tear its process group down, so that their next (or
+    current) collective fails at once instead of waiting for the timeout; then the caller re-raises."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    logging.getLogger("repae.train").error("rank %d failed (%s: %s); stopping the process group so that every "
+                                           "rank stops", dist.get_rank(), type(err).__name__, str(err)[:200])
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:

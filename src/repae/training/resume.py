@@ -36,12 +36,13 @@ log = logging.getLogger("repae.checkpoint")
 OVERRIDDEN = ("optim.lr", "optim.vae_lr", "optim.disc_lr", "optim.betas", "optim.weight_decay", "optim.eps")
 # Settings that fix tensor shapes: resuming with another value cannot load the weights.
 ARCHITECTURE = ("data.resolution", "tokenizer.preset", "model.preset", "model.num_classes", "model.qk_norm",
-                "model.learn_pos_embed", "model.projector_dim", "align.encoders", "align.projector", "train.recipe")
+                "model.learn_pos_embed", "model.projector_dim", "align.encoders", "align.projector", "train.recipe",
+                "tokenizer.arch")  # a dict (preset=auto): any of its fields
 # Settings that change nothing about the trained weights.
 HARMLESS = ("train.max_steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
             "train.keep_checkpoints", "train.resume", "train.threads", "train.report_to", "train.output_dir",
             "train.exp_name", "train.compile", "train.vae_checkpointing", "train.allow_tf32",
-            "train.max_nonfinite_skips", "train.final_eval_samples", "train.report", "train.diagnostics_every",
+            "train.max_nonfinite_skips", "train.dist_timeout_min", "train.final_eval_samples", "train.report", "train.diagnostics_every",
             "data.num_workers", "sample.")
 
 
@@ -78,7 +79,7 @@ def report_config_changes(path: Path, saved: dict, current: dict) -> dict[str, t
     * bookkeeping keys (:data:`HARMLESS`) -> an info line.
     """
     changes = config_changes(saved, current)
-    arch = {k: v for k, v in changes.items() if k in ARCHITECTURE}
+    arch = {k: v for k, v in changes.items() if k in ARCHITECTURE or k.startswith(tuple(a + "." for a in ARCHITECTURE))}
     if arch:
         what = ", ".join(f"{k}={b!r} (checkpoint: {a!r})" for k, (a, b) in arch.items())
         raise CheckpointError(f"cannot resume {path}: {what}; use the checkpoint's values or a new train.exp_name")

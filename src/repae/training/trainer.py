@@ -37,7 +37,7 @@ from repae.training.builders import (
 )
 from repae.training.checkpoint import read_checkpoint, restore_optimizers, save_checkpoint
 from repae.training.ema import EMA
-from repae.training.engine import setup_distributed, step_generator
+from repae.training.engine import abort_distributed, setup_distributed, step_generator
 from repae.training.guard import NonFiniteGuard, loss_scalers
 from repae.training.hooks import due
 from repae.training.preflight import preflight
@@ -74,7 +74,7 @@ class Trainer:
         self.hooks = list(hooks or [])  # sample grids, diagnostics, reports: see repae.training.hooks
         preflight(cfg)  # value ranges, tokenizer weights vs preset (repae.training.preflight)
         self.recipe = validate_config(cfg)  # cheap checks first: fail before anything is built
-        self.engine = engine or setup_distributed(cfg.train.mixed_precision)
+        self.engine = engine or setup_distributed(cfg.train.mixed_precision, timeout_min=cfg.train.dist_timeout_min)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if self.engine.device.type == "cuda" and cfg.train.allow_tf32:
@@ -379,6 +379,17 @@ class Trainer:
             yield from loader
 
     def fit(self, max_steps: int | None = None) -> dict[str, float]:
+        """Train to ``max_steps`` (default ``train.max_steps``), resuming first; the last logged metrics.
+        With several processes a rank that fails (an exception, a checkpoint refused, Ctrl-C) tears the
+        process group down before re-raising, so the other ranks stop at their next collective."""
+        try:
+            return self._fit(max_steps)
+        except BaseException as err:
+            if self.engine.distributed:
+                abort_distributed(err)
+            raise
+
+    def _fit(self, max_steps: int | None) -> dict[str, float]:
         cfg, eng = self.cfg, self.engine
         run_dir = cfg.run_dir
         self.run_lock = acquire_run_lock(run_dir, eng)  # one writer per run folder; clears its dead temporaries
