@@ -209,6 +209,7 @@ TRAIN = [
     "train.sample_every=0", "train.diagnostics_every=0", "train.final_eval_samples=0", "train.report=false",
     "train.max_steps=2", "sample.num_images=2", "sample.num_steps=2", "tokenizer.stats_images=8",
     "train.mixed_precision=no", "train.channels_last=false", "loss.disc_start=0",
+    "model.check_width=false",  # SiT-T (64 wide) on the tiny FLUX.2's 128-channel tokens: RAE's width rule waived
 ]
 
 

@@ -45,7 +45,15 @@ class TokenizerConfig:
     stats_images: int = 512  # without `stats`: images whose posterior samples initialise the normaliser
     # preset=auto: the folder's diffusers config ({"_class_name": ..., ...}), filled in from `weights` when the
     # run is built and recorded in config.json, so a checkpoint rebuilds its VAE without the folder
+    # (preset=rae: the RAE architecture, resolved from the rae_* keys and the encoder registry)
     arch: dict[str, Any] | None = None
+    # preset=rae: a representation autoencoder (RAE, Zheng et al. 2025; docs/tokenizers.md): the latent is a
+    # FROZEN encoder's patch tokens [D, h, w]; a ViT decoder is trained by the `rae-decoder` recipe, and
+    # `weights` is then an RAE folder (what that run exports)
+    rae_encoder: str = "repae-vit-t4"  # registry name of the frozen encoder (RAE: dinov2-vit-b-reg)
+    rae_encoder_weights: str | None = None  # its weights file (default: $REPAE_<NAME>_WEIGHTS / packaged)
+    rae_decoder: str = "ViT-T"  # decoder preset: ViT-T | ViT-S | ViT-B | ViT-L | ViT-XL (RAE: ViT-XL)
+    rae_noise_tau: float = 0.8  # decoder training adds N(0, sigma^2) to the latent, sigma ~ U(0, tau) (RAE 0.8)
 
 
 @dataclass
@@ -57,6 +65,14 @@ class ModelConfig:
     qk_norm: bool = False
     learn_pos_embed: bool = False  # true = train the sin-cos table, as the official code does by accident
     projector_dim: int = 0  # REPA MLP head width; 0 = the preset's (2048, spec 2.5)
+    # DiT^DH (RAE sec. 5, repae.models.dh): a wide shallow head replacing the final layer, SiT / LightningDiT
+    # only; 0 = none. DiT^DH-XL: 2 blocks, 2048 wide, 16 heads
+    dh_depth: int = 0
+    dh_width: int = 2048
+    dh_heads: int = 16
+    # RAE sec. 4.1: the layers that make the prediction (the DH head if any, else the model) must be at least
+    # as wide as a latent token (C * patch^2); false lets a run break that rule on purpose
+    check_width: bool = True
 
 
 @dataclass
@@ -73,6 +89,10 @@ class AlignConfig:
 class DiffusionConfig:
     path: str = "linear"  # linear | cosine
     time_sampler: str = "uniform"  # uniform | lognormal
+    # RAE's dimension-dependent shift t' = a t / (1 + (a - 1) t) of training times and sampling grids
+    # (repae.diffusion.shift): none | dimension (a = sqrt(C*h*w / time_shift_base)) | a number a
+    time_shift: str = "none"
+    time_shift_base: int = 4096  # n of the dimension shift (RAE: 4096)
 
 
 @dataclass
@@ -350,9 +370,10 @@ _POS, _NONNEG = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
 _UNIT, _UNIT_OPEN = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: 0 <= v < 1, "in [0, 1)")
 RANGES: dict[str, tuple] = {
     "data.resolution": _POS, "data.num_workers": _NONNEG,
-    "tokenizer.bn_momentum": _UNIT, "tokenizer.stats_images": _POS,
+    "tokenizer.bn_momentum": _UNIT, "tokenizer.stats_images": _POS, "tokenizer.rae_noise_tau": _NONNEG,
     "model.num_classes": _POS, "model.class_dropout_prob": _UNIT_OPEN, "model.encoder_depth": _POS,
-    "model.projector_dim": _NONNEG,
+    "model.projector_dim": _NONNEG, "model.dh_depth": _NONNEG, "model.dh_width": _POS, "model.dh_heads": _POS,
+    "diffusion.time_shift_base": _POS,
     "align.proj_coeff": _NONNEG, "align.vae_align_coeff": _NONNEG,
     "loss.reconstruction_weight": _NONNEG, "loss.perceptual_weight": _NONNEG, "loss.kl_weight": _NONNEG,
     "loss.disc_weight": _NONNEG, "loss.disc_start": _NONNEG, "loss.lecam_weight": _NONNEG,

@@ -91,7 +91,8 @@ def hsic_unbiased(K: Tensor, L: Tensor) -> Tensor:
     """
     m = K.shape[0]
     if m < 4:
-        raise ConfigError(f"unbiased HSIC needs at least 4 samples, got {m}")
+        raise ConfigError(f"unbiased HSIC needs at least 4 samples, got {m}; pass at least 4 rows "
+                          "(repae analyze: --num-images >= 4)")
     Kt = K.clone()
     Kt.fill_diagonal_(0.0)  # [m, m]
     Lt = L.clone()
@@ -116,7 +117,8 @@ def cknna(A: Tensor, B: Tensor, *, k: int = TOPK, outlier_quantile: float | None
     Computed in float64 on CPU and float32 elsewhere (n in the thousands on a GPU).
     """
     if A.shape[0] != B.shape[0]:
-        raise ConfigError(f"CKNNA needs the same samples on both sides, got {A.shape[0]} and {B.shape[0]} rows")
+        raise ConfigError(f"CKNNA needs the same samples on both sides, got {A.shape[0]} and {B.shape[0]} rows; "
+                          "pass features of the same images, in the same order, as A and B")
     dtype = torch.float64 if A.device.type == "cpu" else torch.float32
     a = prepare_features(A.to(dtype), outlier_quantile, mode=outlier_mode)  # [n, dA]
     b = prepare_features(B.to(device=A.device, dtype=dtype), outlier_quantile, mode=outlier_mode)  # [n, dB]

@@ -178,7 +178,7 @@ def combine_spectra(spectra: list[DCTSpectrum]) -> DCTSpectrum:
     """Spectrum of the union of the signals behind ``spectra`` (e.g. batches of a dataset streamed
     through :func:`dct_spectrum`): energies averaged with weights ``num_blocks``, then renormalised."""
     if not spectra:
-        raise ConfigError("combine_spectra needs at least one spectrum")
+        raise ConfigError("combine_spectra needs at least one spectrum; pass a non-empty list of dct_spectrum results")
     first = spectra[0]
     if any(s.block != first.block or s.include_dc != first.include_dc or s.energy.shape != first.energy.shape
            for s in spectra):

@@ -80,7 +80,8 @@ def _check(z: Tensor) -> None:
     if z.ndim != 4:
         raise ConfigError(f"expected latents [B, C, h, w], got shape {tuple(z.shape)}")
     if z.shape[-1] < 2 or z.shape[-2] < 2:
-        raise ConfigError(f"latent grid {tuple(z.shape[-2:])} is too small for differences; need h, w >= 2")
+        raise ConfigError(f"latent grid {tuple(z.shape[-2:])} is too small for differences (need h, w >= 2); "
+                          "raise the image resolution (--resolution) or use a VAE that downsamples less")
 
 
 def spatial_variance(z: Tensor) -> Tensor:
@@ -128,7 +129,8 @@ def standardize(z: Tensor, mean: Tensor | None = None, std: Tensor | None = None
     mean = torch.as_tensor(mean, dtype=torch.float64, device=z.device).reshape(1, -1, 1, 1)  # [1, C, 1, 1]
     std = torch.as_tensor(std, dtype=torch.float64, device=z.device).reshape(1, -1, 1, 1)  # [1, C, 1, 1]
     if mean.shape[1] != z.shape[1] or std.shape[1] != z.shape[1]:
-        raise ConfigError(f"statistics have {mean.shape[1]}/{std.shape[1]} channels, latents {z.shape[1]}")
+        raise ConfigError(f"statistics have {mean.shape[1]}/{std.shape[1]} channels, latents {z.shape[1]}; "
+                          "pass one mean and one std per latent channel (the statistics of the same VAE)")
     return (z.double() - mean) / (std.pow(2) + eps).sqrt().clamp_min(1e-12)  # [B, C, h, w]
 
 

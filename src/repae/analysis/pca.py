@@ -48,7 +48,8 @@ def pca_components(x: Tensor, k: int = NUM_COMPONENTS) -> tuple[Tensor, Tensor, 
     Eigenvalues descending, signs fixed (largest-|loading| positive); ``k > C`` is padded with zeros.
     """
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ConfigError(f"PCA needs rows [n >= 2, C], got shape {tuple(x.shape)}")
+        raise ConfigError(f"PCA needs rows [n >= 2, C], got shape {tuple(x.shape)}; pass at least 2 rows of C features "
+                          "(e.g. the latents of 2 or more images)")
     xd = x.double()
     mean = xd.mean(0)  # [C]
     xc = xd - mean  # [n, C]

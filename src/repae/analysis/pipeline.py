@@ -89,7 +89,8 @@ def resolve_source(spec: str) -> Source:
     if p.is_file() and p.suffix in VAE_SUFFIXES:
         return Source(spec, p.stem, "vae", p)
     raise ConfigError(f"'{spec}' is not a run folder, a checkpoint folder, a VAE folder (config.json) or a "
-                      f"VAE weights file ({', '.join(VAE_SUFFIXES)})")
+                      f"VAE weights file ({', '.join(VAE_SUFFIXES)}); pass one of those (repae train writes run "
+                      "folders, repae export-vae VAE folders)")
 
 
 def resolve_sources(specs: list[str]) -> list[Source]:
@@ -107,6 +108,12 @@ def load_vae(source: Source, *, vae_preset: str | None = None):
     from repae.tokenizer.tokenizer import Tokenizer
 
     p = source.path
+    from repae.tokenizer.rae import is_rae_folder
+
+    if is_rae_folder(p):  # an RAE (export of an rae-decoder run): its encoder from the registry
+        from repae.encoders.rae import load_rae_tokenizer
+
+        return load_rae_tokenizer(p)
     if p.is_dir():
         folder = p if (p / "config.json").is_file() else p / "vae"
         return Tokenizer.from_pretrained(folder, require_stats=False)
@@ -164,7 +171,8 @@ def load_images(spec: str, *, resolution: int, num_images: int, seed: int = 0, s
     ds = build_dataset(spec, resolution=resolution, split=split)
     n = min(num_images, len(ds))
     if n < 2:
-        raise ConfigError(f"data '{spec}' has {len(ds)} images; the analysis needs at least 2")
+        raise ConfigError(f"data '{spec}' has {len(ds)} images; the analysis needs at least 2: pass a larger --data "
+                          "and --num-images >= 2")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
     items = [ds[i] for i in idx]
     images = torch.stack([torch.as_tensor(it[0]) for it in items])  # [n, 3, R, R] uint8

@@ -64,7 +64,7 @@ def _resolution(args, sources) -> int:
     trained = {s.config.data.resolution: s.label for s in sources if s.config is not None}
     if len(trained) > 1:
         raise ConfigError(f"the runs were trained at different resolutions ({', '.join(map(str, trained))} px); "
-                          "analyse them in separate calls")
+                          "run repae analyze once per resolution")
     if trained:
         (res, label), = trained.items()
         if args.resolution is not None and args.resolution != res:
@@ -85,7 +85,8 @@ def _check_vae_resolution(sources, resolution: int, vae_preset: str | None) -> N
         elif s.path.is_dir():
             found = read_folder_arch(s.path)
             if found is None:
-                raise ConfigError(f"'{s.spec}' is a folder without a VAE config.json (nor vae/config.json)")
+                raise ConfigError(f"'{s.spec}' is a folder without a VAE config.json (nor vae/config.json); pass a run folder, "
+                                  "a VAE folder written by export-vae / save_pretrained, or a weights file with --vae-preset")
             factor = found[1].downsample_factor
         elif vae_preset is not None:
             factor = get_vae_config(vae_preset).downsample_factor

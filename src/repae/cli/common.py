@@ -183,7 +183,8 @@ def add_vae_argument(parser: argparse.ArgumentParser, *, default: str | None = N
     """``--vae`` means the same in every verb: a preset name, a saved tokenizer folder or a weights file."""
     parser.add_argument("--vae", default=default, required=default is None,
                         help="tokenizer: a folder written by export-vae / save_pretrained, or a diffusers VAE folder "
-                        "(AutoencoderKL in any configuration, AutoencoderKLFlux2, AutoencoderKLQwenImage), an "
+                        "(AutoencoderKL in any configuration, AutoencoderKLFlux2, AutoencoderKLQwenImage), an RAE "
+                        "folder (export-vae of an rae-decoder run), an "
                         "LDM/official .pt/.ckpt/.safetensors file (with --vae-preset), or a preset name for a randomly "
                         "initialised VAE" + (f" (default {default})" if default else ""))
     parser.add_argument("--vae-preset", default=None,
@@ -202,6 +203,12 @@ def load_tokenizer(spec: str, *, preset: str | None = None):
     from repae.tokenizer.vae import preset_names
 
     path = Path(resolve_tokenizer_weights(spec))
+    from repae.tokenizer.rae import is_rae_folder
+
+    if is_rae_folder(path):  # an RAE (repae export-vae of an rae-decoder run): encoder from the registry
+        from repae.encoders.rae import load_rae_tokenizer
+
+        return load_rae_tokenizer(path)
     if path.is_dir():
         return Tokenizer.from_pretrained(path, require_stats=False)  # statistics are not needed to encode
     if path.is_file():
@@ -215,4 +222,5 @@ def load_tokenizer(spec: str, *, preset: str | None = None):
 
     if hub_repo_id(spec) is not None:
         raise missing_vae_weights(spec)  # a hub id that is not in the local cache: names the files to place
-    raise ConfigError(f"--vae {spec!r} is neither a folder, a weights file nor a preset ({', '.join(preset_names())})")
+    raise ConfigError(f"--vae {spec!r} is neither a folder, a weights file nor a preset: pass an existing VAE folder or "
+                      f"weights file, or one of the presets {', '.join(preset_names())}")

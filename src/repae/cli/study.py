@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cfg.budget == "paper":
         if shard is not None or args.only:
-            raise ConfigError("--only / --shard select runs to execute; --budget paper only prints commands")
+            raise ConfigError("--only / --shard select runs to execute; --budget paper only prints commands: drop "
+                              "--only / --shard, or use --budget small to execute runs")
         print("\n".join(paper_commands(cfg)))
         return 0
     if args.dry_run:

@@ -82,7 +82,7 @@ def build_dataset(spec: str, *, resolution: int, split: str = "train", strict: b
         return _folder(spec, resolution, split, strict=strict)
     if path.suffix.lower() in BY_SUFFIX:
         if not path.exists():
-            raise ConfigError(f"data file {spec} does not exist; check --data")
+            raise ConfigError(f"data file {spec} does not exist; check the path given to --data (repae train: data.source)")
         return BY_SUFFIX[path.suffix.lower()](spec, resolution, split)
     raise ConfigError(f"cannot read data {spec!r}: use 'embedded', 'fashion-mnist', an image folder, "
                       "or a .npz / .h5 file")

@@ -50,7 +50,8 @@ def read_idx_gz(path: str | os.PathLike) -> np.ndarray:
         raw = f.read()
     zero, dtype_code, ndim = raw[0] * 256 + raw[1], raw[2], raw[3]
     if zero != 0 or dtype_code != 0x08:
-        raise ConfigError(f"{path}: not a uint8 IDX file (magic {raw[:4].hex()})")
+        raise ConfigError(f"{path}: not a uint8 IDX file (magic {raw[:4].hex()}); replace it with the original "
+                          "Fashion-MNIST *-ubyte.gz file, or use '--data embedded'")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     return data.reshape(dims).copy()

@@ -36,7 +36,8 @@ class ResumableSampler(Sampler[int]):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
         if batch_size % micro_batches:
-            raise ValueError(f"batch_size {batch_size} is not divisible by micro_batches {micro_batches}")
+            raise ValueError(f"batch_size {batch_size} is not divisible by micro_batches {micro_batches}; pass a batch_size "
+                             "that is a multiple of micro_batches (train.grad_accum)")
         # With gradient accumulation the global batch is cut into `micro_batches` global
         # micro-batches and rank r takes its slice of EACH, so micro-batch m on every rank belongs
         # to the same global micro-batch m as in a 1-process run.

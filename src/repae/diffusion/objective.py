@@ -119,7 +119,7 @@ def draw_t_and_noise(time_sampler: TimeSampler, x0: Tensor, *, generator: torch.
         t = time_sampler.sample(B, generator=generator, device=x0.device)  # [B]
     else:
         if t.numel() != B:
-            raise ValueError(f"reused t has {t.numel()} entries for a batch of {B}")
+            raise ValueError(f"reused t has {t.numel()} entries for a batch of {B}; pass one t per sample")
         t = t.reshape(B).to(device=x0.device, dtype=torch.float32)  # [B]
     if noise is None:
         if generator is None:
@@ -127,7 +127,7 @@ def draw_t_and_noise(time_sampler: TimeSampler, x0: Tensor, *, generator: torch.
         else:
             noise = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
     elif noise.shape != x0.shape:
-        raise ValueError(f"reused noise {tuple(noise.shape)} does not match x0 {tuple(x0.shape)}")
+        raise ValueError(f"reused noise {tuple(noise.shape)} does not match x0 {tuple(x0.shape)}; pass noise shaped like x0")
     return t, noise.to(device=x0.device, dtype=x0.dtype)  # [B], [B, C, h, w]
 
 

@@ -69,7 +69,19 @@ def preprocess_pixels(images: torch.Tensor, size: int, pipe: PixelPipeline) -> t
         raise TypeError(f"expected uint8 images in [0, 255], got {images.dtype}; pass raw pixels")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
-    x = images.float()  # [B, 3, H, W] in [0, 255]
+    return _pipeline(images.float(), size, pipe)
+
+
+def preprocess_unit(x: torch.Tensor, size: int, pipe: PixelPipeline) -> torch.Tensor:
+    """float ``[-1, 1]`` ``[B, 3, H, W]`` (the VAE's pixels) -> ``[B, 3, size, size]``: the same pipeline as
+    :func:`preprocess_pixels` on ``(x + 1) * 127.5``, without rounding to uint8 (an RAE encodes such pixels)."""
+    if not torch.is_floating_point(x) or x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected float pixels in [-1, 1] of shape [B, 3, H, W], got {x.dtype} {tuple(x.shape)}")
+    return _pipeline((x.float() + 1.0) * 127.5, size, pipe)
+
+
+def _pipeline(x: torch.Tensor, size: int, pipe: PixelPipeline) -> torch.Tensor:
+    """float ``[0, 255]`` ``[B, 3, H, W]`` -> model input following ``pipe``."""
     if pipe.mean is not None:
         x = x / 255.0  # every upstream pipeline starts with x / 255 (spec 5.2)
     if pipe.order == "normalize_resize":
@@ -118,6 +130,10 @@ class RepresentationEncoder(nn.Module):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, H, W]`` -> model input ``[B, 3, R, R]``, ``R = input_resolution``."""
         return preprocess_pixels(images, self.input_resolution, self.pixels)
+
+    def preprocess_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """float ``[-1, 1]`` ``[B, 3, H, W]`` -> model input ``[B, 3, R, R]`` (:func:`preprocess_unit`)."""
+        return preprocess_unit(x, self.input_resolution, self.pixels)
 
     # -- tokens ---------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -401,7 +401,8 @@ def resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None)
         )
     path = Path(candidate).expanduser()
     if not path.exists():
-        raise MissingWeightsError(f"{spec.name} weights", f"{path} (from {source}) does not exist")
+        raise MissingWeightsError(f"{spec.name} weights", f"{path} (from {source}) does not exist; point {source} at an "
+                                                        f"existing file ({'; '.join(spec.formats)})")
     return path
 
 

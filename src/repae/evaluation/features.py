@@ -184,7 +184,8 @@ def _npz_member_reader(path: Path, key: str = "arr_0"):
     name = f"{key}.npy"
     if name not in zf.namelist():
         zf.close()
-        raise ConfigError(f"{path} has no '{key}' array (ADM sample/reference layout: arr_0 = uint8 [N, H, W, 3])")
+        raise ConfigError(f"{path} has no '{key}' array; write the images as arr_0 = uint8 [N, H, W, 3] "
+                          "(np.savez(path, arr_0=images), the ADM sample/reference layout)")
     f = zf.open(name)
     version = np.lib.format.read_magic(f)
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -199,7 +200,7 @@ def _npz_member_reader(path: Path, key: str = "arr_0"):
     elif dtype.hasobject:
         bad = "holds Python objects (a pickle), which are never loaded; store uint8 images"
     elif dtype != np.uint8:
-        bad = f"has dtype {dtype}; evaluation needs uint8 images in [0, 255] (repae.conventions.unit_to_uint8)"
+        bad = f"has dtype {dtype}; evaluation needs uint8 images in [0, 255]: convert with repae.conventions.unit_to_uint8"
     elif len(shape) not in (3, 4) or (len(shape) == 4 and 1 not in (shape[1], shape[3]) and 3 not in (shape[1], shape[3])):
         bad = f"has shape {tuple(shape)}; expected uint8 [N, H, W, 3] (or [N, 3, H, W], [N, H, W])"
     if bad:
@@ -226,7 +227,7 @@ def _iter_npz(path: Path, batch_size: int) -> Iterator[torch.Tensor]:
 def _image_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ConfigError(f"{folder} contains no PNG/JPEG images")
+        raise ConfigError(f"{folder} contains no PNG/JPEG images; pass a folder of {'/'.join(IMAGE_SUFFIXES)} files or an ADM .npz")
     return files
 
 
@@ -275,7 +276,8 @@ def iter_uint8_batches(source: Any, *, batch_size: int = 64) -> Iterator[torch.T
         path = Path(source)
         if path.suffix == ".npz":
             if not path.is_file():
-                raise ConfigError(f"sample/reference file {path} does not exist")
+                raise ConfigError(f"sample/reference file {path} does not exist; check the path (repae sample --out-npz "
+                                  "writes samples, repae reference --out a reference batch)")
             yield from _iter_npz(path, batch_size)
             return
         if path.is_dir():
@@ -284,7 +286,7 @@ def iter_uint8_batches(source: Any, *, batch_size: int = 64) -> Iterator[torch.T
         arrays = _fashion_mnist(str(source))
         if arrays is None:
             raise ConfigError(f"image source {source!r} is neither an .npz, a folder of images, nor "
-                              "'embedded[:split]' / 'full[:split]'")
+                              "'embedded[:split]' / 'full[:split]': pass an existing file or folder, or one of those names")
         source = arrays[0]
     if isinstance(source, (np.ndarray, torch.Tensor)):
         for start in range(0, source.shape[0], batch_size):
@@ -364,7 +366,7 @@ def compute_features(source: Any, extractor: FeatureExtractor, *, batch_size: in
             break
     bar.close()
     if n == 0:
-        raise ConfigError(f"image source {source!r} yielded no images")
+        raise ConfigError(f"image source {source!r} yielded no images; pass a non-empty .npz, image folder or dataset")
     return Features(
         pool=np.concatenate(pools), spatial=np.concatenate(spatials), logits=np.concatenate(logits),
         feature_space=extractor.feature_space, images=np.concatenate(kept) if kept else None,

@@ -144,7 +144,8 @@ def resize_bilinear_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
 def _preprocess(images: torch.Tensor, mode: str) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> float ``[B, 3, 299, 299]`` in [-1, 1] as the chosen port does."""
     if images.dtype != torch.uint8:
-        raise TypeError(f"Inception expects uint8 images [B, 3, H, W], got {images.dtype}")
+        raise TypeError(f"Inception expects uint8 images [B, 3, H, W], got {images.dtype}; convert with "
+                        "repae.conventions.unit_to_uint8")
     x = images.float()  # [B, 3, H, W] in [0, 255]
     if mode == "tf1":
         if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):

@@ -35,7 +35,8 @@ def feature_statistics(feats: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np
     """Mean and unbiased covariance of ``feats [N, D]`` in float64 (ADM / pytorch-fid ``np.cov``)."""
     x = np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"need features of shape [N>=2, D], got {x.shape}")
+        raise ValueError(f"need features of shape [N>=2, D], got {x.shape}; pass at least 2 images (the statistics "
+                         "hold a covariance)")
     mu = x.mean(axis=0)  # [D]
     sigma = np.cov(x, rowvar=False)  # [D, D]
     return mu, np.atleast_2d(sigma)
@@ -59,7 +60,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics disagree in shape: mu {mu1.shape} vs {mu2.shape}, "
-                         f"sigma {sigma1.shape} vs {sigma2.shape} (different feature spaces?)")
+                         f"sigma {sigma1.shape} vs {sigma2.shape} (different feature spaces); compute both with the same "
+                         "feature extractor")
     diff = mu1 - mu2  # [D]
     covmean = _sqrtm(sigma1.dot(sigma2))  # [D, D]
     if not np.isfinite(covmean).all():
@@ -143,7 +145,7 @@ def manifold_radii(feats: torch.Tensor, *, k: int = 3, batch_size: int = 10000, 
     """
     n = feats.shape[0]
     if n <= k:
-        raise ValueError(f"need more than k={k} points for manifold radii, got {n}")
+        raise ValueError(f"need more than k={k} points for manifold radii, got {n}; pass more samples or lower k")
     radii = torch.empty(n, dtype=torch.float32, device=feats.device)
     for r0 in range(0, n, batch_size):
         rows = feats[r0:r0 + batch_size]
@@ -204,7 +206,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 2.0) -> torch.
     255 for uint8 values).
     """
     if x.shape != y.shape:
-        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
+        raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}; pass two batches of the same shape")
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(dim=1)  # [B]
     return 10.0 * torch.log10(data_range ** 2 / mse)
 

@@ -254,7 +254,8 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Any, extractor: FeatureExtr
             break
     bar.close()
     if n < 2:
-        raise ConfigError("reconstruction metrics need at least 2 images")
+        raise ConfigError("reconstruction metrics need at least 2 images; pass a dataset with 2 or more images "
+                          "(and --num-samples >= 2)")
     mu1, s1 = metrics.feature_statistics(np.concatenate(orig_pool))
     mu2, s2 = metrics.feature_statistics(np.concatenate(rec_pool))
     psnr_all = torch.cat(psnrs)

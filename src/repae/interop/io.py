@@ -57,6 +57,8 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 SHOW = 5
 DEFAULT_FIX = "save a plain state dict (torch.save(model.state_dict(), path)) or a .safetensors file"
 DEFAULT_MISSING_HINT = "pass a local file (weights are never downloaded)"
+#: The end of a key/shape mismatch message when the caller knows no more specific fix.
+DEFAULT_LAYOUT_HINT = "; pass weights saved from this exact architecture (same preset and options)"
 
 
 class KeyLayoutError(ConfigError):
@@ -239,7 +241,8 @@ def strip_wrappers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
                     k, changed = k[len(prefix):], True
         k = k.replace("._orig_mod.", ".")  # a compiled sub-module
         if k in out:
-            raise KeyLayoutError(f"key {key!r} collides with another after removing the module./_orig_mod. prefix")
+            raise KeyLayoutError(f"key {key!r} collides with another after removing the module./_orig_mod. prefix; "
+                                 "save the unwrapped network's state_dict() (DDP: .module, torch.compile: ._orig_mod)")
         out[k] = value
     return out
 
@@ -249,7 +252,7 @@ def strip_wrappers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 
-def check_keys(found: Iterable[str], expected: Iterable[str], *, what: str, hint: str = "",
+def check_keys(found: Iterable[str], expected: Iterable[str], *, what: str, hint: str = DEFAULT_LAYOUT_HINT,
                may_miss: tuple[str, ...] = ()) -> None:
     """Strict key-set comparison: :class:`KeyLayoutError` ``"{what}: N missing key(s) 'a', ...; M unexpected
     key(s) 'b', ...{hint}"``. ``may_miss``: key suffixes that may be absent (e.g. ``num_batches_tracked``)."""
@@ -266,7 +269,7 @@ def check_keys(found: Iterable[str], expected: Iterable[str], *, what: str, hint
 
 
 def check_state_dict(found: Mapping[str, Tensor], expected: Mapping[str, Tensor], *, what: str,
-                     hint: str = "", may_miss: tuple[str, ...] = ()) -> None:
+                     hint: str = DEFAULT_LAYOUT_HINT, may_miss: tuple[str, ...] = ()) -> None:
     """:func:`check_keys`, then shapes: ``"{what}: N tensor(s) with the wrong shape ('k' (3,) vs (64,), ...){hint}"``.
 
     Works on ``meta`` tensors (``expected`` may be a state dict of a network built on the meta device).

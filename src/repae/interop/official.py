@@ -132,7 +132,8 @@ def select_state_dict(obj: Any, *, ema: bool = True) -> tuple[dict[str, Tensor],
     if is_state_dict(obj):
         return strip_wrappers(obj), "bare"
     if not isinstance(obj, Mapping):
-        raise ConfigError(f"checkpoint holds a {type(obj).__name__}, not a state dict or a {{model, ema}} dict")
+        raise ConfigError(f"checkpoint holds a {type(obj).__name__}, not a state dict or a {{model, ema}} dict; "
+                          "save the network's state_dict() (or {'ema': ..., 'model': ...} of state dicts)")
     order = ("ema", "model", "state_dict", "module") if ema else ("model", "state_dict", "module", "ema")
     for name in order:
         inner = obj.get(name)
@@ -163,7 +164,8 @@ def _geometry(sd: Mapping[str, Tensor]) -> tuple[int, int, int]:
     w = sd.get("x_embedder.proj.weight")
     if w is None or w.dim() != 4:
         raise KeyLayoutError(f"not a SiT/DiT/LightningDiT state dict: no 4-D 'x_embedder.proj.weight' "
-                             f"({len(sd)} keys, e.g. {first_keys(list(sd), 3)})")
+                             f"({len(sd)} keys, e.g. {first_keys(list(sd), 3)}); pass a generator checkpoint "
+                             "(VAE weights go to --vae)")
     return int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
 
 
@@ -201,14 +203,17 @@ def infer_architecture(state_dict: Mapping[str, Tensor], layout: str) -> dict[st
     D, C, p = _geometry(sd)
     pos = sd.get("pos_embed")
     if pos is None:
-        raise KeyLayoutError("missing key 'pos_embed' (the sin-cos table every official SiT/DiT saves)")
+        raise KeyLayoutError("missing key 'pos_embed' (the sin-cos table every official SiT/DiT saves); pass an "
+                             "unmodified official or repae-exported checkpoint")
     T = int(pos.shape[-2])
     g = math.isqrt(T)
     if g * g != T:
-        raise KeyLayoutError(f"'pos_embed' has {T} tokens, not a square grid")
+        raise KeyLayoutError(f"'pos_embed' has {T} tokens, not a square grid; only square latents are supported: "
+                             "pass a checkpoint trained on square images")
     table = sd.get("y_embedder.embedding_table.weight")
     if table is None:
-        raise KeyLayoutError("missing key 'y_embedder.embedding_table.weight' (class-conditional models only)")
+        raise KeyLayoutError("missing key 'y_embedder.embedding_table.weight': only class-conditional models load; "
+                             "pass a class-conditional checkpoint")
     z_dims, projector, projector_dim = [], "mlp", None
     for k in sorted({int(m.group(1)) for key in sd if (m := re.match(r"^projectors\.(\d+)\.", key))}):
         if f"projectors.{k}.4.weight" in sd:
@@ -218,7 +223,8 @@ def infer_architecture(state_dict: Mapping[str, Tensor], layout: str) -> dict[st
             z_dims.append(int(sd[f"projectors.{k}.proj.weight"].shape[0]))
             projector = "conv"
         else:
-            raise KeyLayoutError(f"projector {k} has neither '.4.weight' (REPA MLP) nor '.proj.weight' (iREPA conv)")
+            raise KeyLayoutError(f"projector {k} has neither '.4.weight' (REPA MLP) nor '.proj.weight' (iREPA conv); "
+                                 "pass an unmodified REPA / iREPA / REPA-E checkpoint")
     depth = len(_block_ids(sd)) + len(_block_ids(sd, "decoder_blocks."))
     rows = sd.get("final_layer.linear.weight")
     out_channels = int(rows.shape[0]) // (p * p) if rows is not None else C
@@ -230,7 +236,8 @@ def infer_architecture(state_dict: Mapping[str, Tensor], layout: str) -> dict[st
     }
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     if fc1 is not None and int(fc1.shape[0]) != 4 * D:
-        raise KeyLayoutError(f"MLP width {int(fc1.shape[0])} is not 4 x hidden {D}; only mlp_ratio 4 is supported")
+        raise KeyLayoutError(f"MLP width {int(fc1.shape[0])} is not 4 x hidden {D}; only mlp_ratio 4 is supported: "
+                             "pass a checkpoint of a standard SiT / DiT / LightningDiT preset")
     ada = sd.get("blocks.0.adaLN_modulation.1.weight")
     if ada is not None and int(ada.shape[0]) != 6 * D:
         raise KeyLayoutError(f"adaLN modulation has {int(ada.shape[0])} outputs, expected 6 x {D} "
@@ -278,7 +285,8 @@ def official_to_repae(state_dict: Mapping[str, Tensor], layout: str) -> tuple[di
     if layout == "repa-e":
         missing = [k for k in BN_KEYS if k not in sd]
         if missing:
-            raise KeyLayoutError(f"REPA-E weights without the latent BatchNorm: missing {first_keys(missing)}")
+            raise KeyLayoutError(f"REPA-E weights without the latent BatchNorm: missing {first_keys(missing)}; pass the "
+                                 "complete REPA-E checkpoint (its bn.* entries hold the latent statistics)")
         extras["bn"] = {k[3:]: sd.pop(k) for k in BN_KEYS}
     if layout == "repa" and any(k.startswith("decoder_blocks.") for k in sd):
         enc = len(_block_ids(sd))

@@ -80,7 +80,8 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict]:
                 path = path / name
                 break
         else:
-            raise MissingWeightsError(str(path), "folder holds no model.safetensors or pytorch_model.bin")
+            raise MissingWeightsError(str(path), "folder holds no model.safetensors or pytorch_model.bin; pass the weights "
+                                      "file itself, or a Hugging Face model folder that holds one")
     if path.suffix != ".safetensors" and _is_torchscript(path):  # OpenAI CLIP release files are TorchScript
         with warnings.catch_warnings():  # a TorchScript archive holds TorchScript, not pickled Python code
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
@@ -144,7 +145,8 @@ def hf_dinov2_to_meta(state: StateDict, config: dict) -> StateDict:
         out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
     hidden = config.get("hidden_size")
     if hidden is not None and "cls_token" in out and out["cls_token"].shape[-1] != hidden:
-        raise ConfigError(f"config.json says hidden_size={hidden} but the weights have {out['cls_token'].shape[-1]}")
+        raise ConfigError(f"config.json says hidden_size={hidden} but the weights have {out['cls_token'].shape[-1]}; "
+                          "pass a folder whose config.json and weights come from the same model")
     return out
 
 

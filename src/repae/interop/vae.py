@@ -188,7 +188,7 @@ def rename_legacy_diffusers(state_dict: dict) -> dict:
 
 def _convert(state_dict: dict, pairs: list[tuple[str, str, bool]], reshape) -> dict:
     check_keys(state_dict, [a for a, _, _ in pairs], what="VAE weights",
-               hint="; is this checkpoint for a different VAE preset?")
+               hint="; these weights are for another VAE: pass the matching --vae-preset / tokenizer.preset")
     return {b: (reshape(state_dict[a]) if lin else state_dict[a]) for a, b, lin in pairs}
 
 

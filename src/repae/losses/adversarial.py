@@ -44,7 +44,8 @@ class NLayerDiscriminator(nn.Module):
     def __init__(self, *, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
         super().__init__()
         if n_layers < 1 or ndf < 1:
-            raise ConfigError(f"discriminator needs n_layers >= 1 and ndf >= 1 (got {n_layers}, {ndf})")
+            raise ConfigError(f"discriminator needs n_layers >= 1 and ndf >= 1 (got {n_layers}, {ndf}); pass values >= 1 "
+                              "(defaults 3 and 64)")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         width = ndf
         for n in range(1, n_layers + 1):

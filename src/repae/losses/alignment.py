@@ -39,7 +39,8 @@ def _check(projected: Sequence[Tensor], targets: Sequence[Tensor]) -> None:
         if p.ndim != 3 or z.ndim != 3:
             raise ValueError(f"encoder {i}: expected [B, T, D] tensors, got {tuple(p.shape)} and {tuple(z.shape)}")
         if p.shape[0] != z.shape[0]:
-            raise ValueError(f"encoder {i}: batch {p.shape[0]} of projections != batch {z.shape[0]} of targets")
+            raise ValueError(f"encoder {i}: batch {p.shape[0]} of projections != batch {z.shape[0]} of targets; pass "
+                             "the encoder features of the same images")
         if p.shape[1] != z.shape[1]:
             raise ValueError(
                 f"encoder {i}: SiT has {p.shape[1]} tokens but the encoder gives {z.shape[1]}; pick the SiT "

@@ -150,12 +150,14 @@ def load_lpips_heads(path: str | os.PathLike | None = None) -> list[torch.Tensor
         raise MissingWeightsError(f"LPIPS linear heads not found at {path}", "pass the lpips v0.1 vgg.pth file")
     sd = read_weights(path, what="LPIPS heads file", fix="pass the lpips v0.1 vgg.pth file")
     if not isinstance(sd, dict):
-        raise ConfigError(f"{path} is not an LPIPS v0.1 VGG heads file (it holds a {type(sd).__name__})")
+        raise ConfigError(f"{path} is not an LPIPS v0.1 VGG heads file (it holds a {type(sd).__name__}); pass the lpips "
+                          "v0.1 vgg.pth file")
     heads = []
     for k, c in enumerate(LPIPS_CHANNELS):
         w = sd.get(f"lin{k}.model.1.weight")
         if w is None or tuple(w.shape) != (1, c, 1, 1):
-            raise ConfigError(f"{path} is not an LPIPS v0.1 VGG heads file (lin{k}.model.1.weight [1,{c},1,1])")
+            raise ConfigError(f"{path} is not an LPIPS v0.1 VGG heads file (lin{k}.model.1.weight [1,{c},1,1]); pass "
+                              "the lpips v0.1 vgg.pth file")
         heads.append(w.float())
     return heads
 
@@ -266,7 +268,7 @@ class LaplacianPyramidL1(_Frozen):
     def __init__(self, *, levels: int = 5):
         super().__init__()
         if levels < 1:
-            raise ConfigError(f"laplacian perceptual loss needs levels >= 1, got {levels}")
+            raise ConfigError(f"laplacian perceptual loss needs levels >= 1, got {levels}; pass levels >= 1 (default 5)")
         self.levels = levels
         self.register_buffer("kernel", torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0, persistent=False)
         self._freeze()

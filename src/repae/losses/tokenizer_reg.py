@@ -389,7 +389,8 @@ class TokenizerRegularizer(nn.Module):
                 metrics["se_loss"] = se.detach()
             if self.vf_weight > 0:
                 if features is None:
-                    raise ValueError("the VF loss needs foundation features")
+                    raise ValueError("the VF loss needs foundation features: pass features= (tokreg.vf_encoder tokens) or "
+                                     "set tokreg.vf_weight=0")
                 mcos = marginal_cosine_loss(fwd.vf_proj, features, self.vf_cos_margin)
                 mdms = marginal_distance_matrix_loss(fwd.vf_proj, features, self.vf_distmat_margin)
                 vf = self.vf_distmat_weight * mdms + self.vf_cos_weight * mcos
@@ -509,7 +510,8 @@ def validate_tokreg(cfg: RunConfig, recipe) -> None:
                  vf_cos_margin=tc.vf_cos_margin, vf_distmat_margin=tc.vf_distmat_margin,
                  vf_cos_weight=tc.vf_cos_weight, vf_distmat_weight=tc.vf_distmat_weight, vf_pixels=tc.vf_pixels)
     if tc.ema and cfg.train.recipe != "vae":
-        raise ConfigError(f"tokreg.ema (tokenizer EMA) applies to train.recipe=vae only, not '{cfg.train.recipe}'")
+        raise ConfigError(f"tokreg.ema (tokenizer EMA) applies to train.recipe=vae only, not '{cfg.train.recipe}'; "
+                          "set tokreg.ema=false or train.recipe=vae")
     if not is_active(tc):
         return
     if not (recipe.train_vae and recipe.l_reg):

@@ -63,6 +63,9 @@ class DiTConfig(SiTConfig):
                 f"latent size {self.input_size} is not divisible by DiT patch size {self.patch_size}; "
                 f"pick a DiT '/p' preset whose p divides the latent size"
             )
+        if self.head_depth:
+            raise ConfigError("the DiT^DH head (model.dh_depth) is an option of the flow generators SiT and "
+                              "LightningDiT, not of DiT (DDPM); set model.dh_depth=0 or pick one of those")
         super().validate()
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "TimestepEmbedder",
     "LabelEmbedder",
     "modulate",
+    "per_token",
     "Attention",
     "Mlp",
     "SiTBlock",
@@ -64,7 +65,8 @@ def sincos_pos_embed_2d(dim: int, grid_size: int, *, device: torch.device | str 
     Computed in float64, returned as float32. No cls token.
     """
     if dim % 4 != 0:
-        raise ConfigError(f"sin-cos position embedding needs a hidden size divisible by 4, got {dim}")
+        raise ConfigError(f"sin-cos position embedding needs a hidden size divisible by 4, got {dim}; use a hidden size "
+                          "that is a multiple of 4 (every preset's is)")
     coords = torch.arange(grid_size, dtype=torch.float64, device=device)  # [G]
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # [G, G] each; rows[r, c] = r
     emb_col = _sincos_1d(dim // 2, cols.reshape(-1))  # [G*G, dim/2]
@@ -75,9 +77,15 @@ def sincos_pos_embed_2d(dim: int, grid_size: int, *, device: torch.device | str 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN modulation ``x * (1 + scale) + shift``, broadcast over tokens (spec 2.3).
 
-    ``x`` is ``[B, T, D]``; ``shift`` and ``scale`` are ``[B, D]``.
+    ``x`` is ``[B, T, D]``; ``shift`` and ``scale`` are ``[B, D]`` (one condition per sample), or
+    ``[B, T, D]`` (one per token: the DiT^DH head, :mod:`repae.models.dh`).
     """
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)  # [B, T, D]
+    return x * (1 + per_token(scale)) + per_token(shift)  # [B, T, D]
+
+
+def per_token(v: Tensor) -> Tensor:
+    """A modulation ``[B, D]`` as ``[B, 1, D]`` (broadcast over tokens); ``[B, T, D]`` unchanged."""
+    return v.unsqueeze(1) if v.dim() == 2 else v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,8 +260,8 @@ class SiTBlock(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         mods = self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x [B, D]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # [B, T, D]
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # [B, T, D]
+        x = x + per_token(gate_msa) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # [B, T, D]
+        x = x + per_token(gate_mlp) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # [B, T, D]
         return x  # [B, T, D]
 
 

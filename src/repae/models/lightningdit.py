@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repae.errors import ConfigError
-from repae.models.layers import LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, modulate
+from repae.models.layers import LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, modulate, per_token
 from repae.models.projectors import build_projector
 from repae.models.sit import TRANSFORMER_SIZES, SiT, SiTConfig, preset_config
 
@@ -173,8 +173,8 @@ class LightningDiTBlock(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor, rope: RotaryEmbedding2D | None = None) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)  # [B, T, D]
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # [B, T, D]
+        x = x + per_token(gate_msa) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)  # [B, T, D]
+        x = x + per_token(gate_mlp) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # [B, T, D]
         return x  # [B, T, D]
 
 
@@ -214,6 +214,9 @@ class LightningDiTConfig(SiTConfig):
                 f"pick a LightningDiT '/p' preset whose p divides the latent size"
             )
         super().validate()
+        if self.use_rope and self.head_depth and (self.head_hidden_size // self.head_num_heads) % 4:
+            raise ConfigError(f"RoPE needs the DiT^DH head dim {self.head_hidden_size // self.head_num_heads} "
+                              "divisible by 4; change model.dh_width / model.dh_heads")
         if self.use_rope and (self.hidden_size // self.num_heads) % 4 != 0:
             raise ConfigError(
                 f"RoPE needs head dim {self.hidden_size // self.num_heads} divisible by 4; set use_rope=False "
@@ -255,8 +258,8 @@ class LightningDiT(SiT):
             build_projector(config.projector, hidden_size=D, projector_dim=config.projector_dim, z_dim=z)
             for z in config.z_dims
         )
-        self.final_layer = LightningFinalLayer(hidden_size=D, patch_size=p, out_channels=C,
-                                               use_rmsnorm=config.use_rmsnorm)
+        self.attach_output(LightningFinalLayer(hidden_size=D, patch_size=p, out_channels=C,
+                                               use_rmsnorm=config.use_rmsnorm))
         self.initialize_weights()  # spec 2.7 (LightningDiT uses DiT's initialisation); RMSNorm scales stay 1
 
     @classmethod
@@ -267,6 +270,25 @@ class LightningDiT(SiT):
     def block_kwargs(self) -> dict[str, Any]:
         """The 2-D RoPE tables every block uses; the forward itself is :meth:`SiT.forward`."""
         return {"rope": self.feat_rope}
+
+    def build_head(self) -> nn.Module:
+        """The DiT^DH head with LightningDiT's blocks, final layer and a RoPE for the head's head dim (RAE's
+        DiT^DH is built on LightningDiT; :class:`repae.models.dh.DHHead`)."""
+        from repae.models.dh import DHHead
+
+        cfg = self.config
+        W, heads = cfg.head_hidden_size, cfg.head_num_heads
+        rope = (RotaryEmbedding2D(head_dim=W // heads, grid_size=cfg.input_size // cfg.patch_size,
+                                  theta=cfg.rope_theta) if cfg.use_rope else None)
+        return DHHead(
+            in_channels=cfg.in_channels, out_channels=cfg.in_channels, patch_size=cfg.patch_size,
+            input_size=cfg.input_size, trunk_size=cfg.hidden_size, hidden_size=W, num_heads=heads,
+            depth=cfg.head_depth, rope=rope,
+            block=lambda w, h: LightningDiTBlock(hidden_size=w, num_heads=h, mlp_ratio=cfg.mlp_ratio,
+                                                 qk_norm=cfg.qk_norm, use_swiglu=cfg.use_swiglu,
+                                                 use_rmsnorm=cfg.use_rmsnorm),
+            final=lambda w: LightningFinalLayer(hidden_size=w, patch_size=cfg.patch_size,
+                                                out_channels=cfg.in_channels, use_rmsnorm=cfg.use_rmsnorm))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -138,7 +138,8 @@ def build_official_model(checkpoint: Any, preset: str, *, num_classes: int = 100
     sd_off, entry = select_state_dict(checkpoint, ema=ema)
     layout = layout or detect_layout(sd_off, family)
     if LAYOUTS[layout].family != family:
-        raise ConfigError(f"layout {layout!r} holds a {LAYOUTS[layout].family}, but --model {preset} is a {family}")
+        raise ConfigError(f"layout {layout!r} holds a {LAYOUTS[layout].family}, but --model {preset} is a {family}: "
+                          f"pass a --model {LAYOUTS[layout].family}-... preset")
     sd, extras = official_to_repae(sd_off, layout)
     arch = infer_architecture(sd, layout)
     want = MODEL_PRESETS[preset]
@@ -175,7 +176,8 @@ def build_official_model(checkpoint: Any, preset: str, *, num_classes: int = 100
     else:
         model = build_model(preset, **kwargs)
     what = f"{source or 'checkpoint'} ({layout} layout, entry '{entry}') vs {preset}"
-    check_state_dict(sd, model.state_dict(), what=what)
+    check_state_dict(sd, model.state_dict(), what=what,
+                     hint="; pass an unmodified official or repae-exported checkpoint of that preset")
     if load and str(device) != "meta":
         model.load_state_dict(sd, strict=True)
     info = OfficialWeights(layout=layout, entry=entry, preset=preset, architecture=arch, extras=extras, source=source)
@@ -195,7 +197,9 @@ def load_official_weights(model: nn.Module, path: str | os.PathLike, *, ema: boo
     sd_off, entry = select_state_dict(load_official_file(path), ema=ema)
     layout = layout or detect_layout(sd_off, family)
     sd, extras = official_to_repae(sd_off, layout)
-    check_state_dict(sd, model.state_dict(), what=f"{path} ({layout} layout, entry '{entry}')")
+    check_state_dict(sd, model.state_dict(), what=f"{path} ({layout} layout, entry '{entry}')",
+                     hint="; build the network as the checkpoint was trained (same model.preset, and align.encoders "
+                     "for its projectors.*)")
     model.load_state_dict(sd, strict=True)
     if to_repae_time and LAYOUTS[layout].time == "transport":
         flip_time_convention_(model)

@@ -61,6 +61,11 @@ class SiTConfig:
     # and re-enables its gradient every step, so it is trained there. False (default): fixed, as the
     # paper describes; True: a trainable parameter initialised with the sin-cos table, as officially run.
     learn_pos_embed: bool = False
+    # DiT^DH (RAE, Zheng et al. 2025, sec. 5; repae.models.dh): a wide shallow head after the blocks that
+    # replaces the final layer; 0 blocks = no head (SiT / DiT / LightningDiT as published)
+    head_depth: int = 0  # DiT^DH-XL: 2
+    head_hidden_size: int = 2048  # head width W
+    head_num_heads: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "z_dims", tuple(int(z) for z in self.z_dims))
@@ -90,6 +95,15 @@ class SiTConfig:
             raise ConfigError(f"class_dropout_prob={self.class_dropout_prob} must lie in [0, 1]")
         if self.projector not in PROJECTORS:
             raise ConfigError(f"unknown projector {self.projector!r}; set align.projector to one of: {', '.join(PROJECTORS)}")
+        if self.head_depth < 0 or (self.head_depth and (self.head_hidden_size % self.head_num_heads
+                                                        or self.head_hidden_size % 4)):
+            raise ConfigError(f"DiT^DH head: depth {self.head_depth} must be >= 0 and width {self.head_hidden_size} "
+                              f"divisible by its heads {self.head_num_heads} and by 4; fix model.dh_width / model.dh_heads")
+
+    @property
+    def width(self) -> int:
+        """The width of the layers that produce the prediction: the DiT^DH head's, else the trunk's."""
+        return self.head_hidden_size if self.head_depth else self.hidden_size
 
 
 @dataclass
@@ -139,8 +153,27 @@ class SiT(nn.Module):
         self.projectors = nn.ModuleList(
             _projector(D, config.projector_dim, z, config.projector) for z in config.z_dims
         )
-        self.final_layer = FinalLayer(hidden_size=D, patch_size=p, out_channels=C)
+        self.attach_output(FinalLayer(hidden_size=D, patch_size=p, out_channels=C))
         self.initialize_weights()
+
+    def attach_output(self, final_layer: nn.Module) -> None:
+        """The output of the network: ``final_layer``, or with ``config.head_depth`` the DiT^DH head
+        (:meth:`build_head`) in its place (then there is no ``final_layer``)."""
+        self.head = self.build_head() if self.config.head_depth else None
+        if self.head is None:
+            self.final_layer = final_layer
+
+    def build_head(self) -> nn.Module:
+        """The DiT^DH head with SiT's blocks and final layer (:class:`repae.models.dh.DHHead`)."""
+        from repae.models.dh import DHHead
+
+        cfg = self.config
+        return DHHead(
+            in_channels=cfg.in_channels, out_channels=cfg.in_channels, patch_size=cfg.patch_size,
+            input_size=cfg.input_size, trunk_size=cfg.hidden_size, hidden_size=cfg.head_hidden_size,
+            num_heads=cfg.head_num_heads, depth=cfg.head_depth,
+            block=lambda w, h: SiTBlock(hidden_size=w, num_heads=h, mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm),
+            final=lambda w: FinalLayer(hidden_size=w, patch_size=cfg.patch_size, out_channels=cfg.in_channels))
 
     # -- construction -------------------------------------------------------------------------
 
@@ -171,6 +204,9 @@ class SiT(nn.Module):
         for block in self.blocks:  # 6. adaLN-Zero: every block starts as the identity
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        if self.head is not None:  # DiT^DH: its table, patch conv, zero adaLN and zero output
+            self.head.initialize_weights()
+            return
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)  # 7. zero head -> output 0
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
@@ -237,23 +273,27 @@ class SiT(nn.Module):
         if hidden_at is not None and not 1 <= hidden_at <= depth:
             raise ValueError(f"hidden_at={hidden_at} must be a block index in 1..{depth}")
         if stop_at_hidden and hidden_at is None:
-            raise ValueError("stop_at_hidden=True needs hidden_at (the block after which to stop)")
+            raise ValueError("stop_at_hidden=True needs hidden_at: pass the block after which to stop")
         B = x_t.shape[0]
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t.reshape(B)  # [B]
 
         x = self.x_embedder(x_t) + self.pos_embed  # [B, T, D]
-        c = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
-        return self.run_blocks(x, c, hidden_at=hidden_at, stop_at_hidden=stop_at_hidden, **self.block_kwargs())
+        t_emb = self.t_embedder(t)  # [B, D]
+        c = t_emb + self.y_embedder(y)  # [B, D]
+        head_in = (x_t, t_emb) if self.head is not None else None
+        return self.run_blocks(x, c, hidden_at=hidden_at, stop_at_hidden=stop_at_hidden, head_in=head_in,
+                               **self.block_kwargs())
 
     def block_kwargs(self) -> dict[str, Any]:
         """Extra inputs every block takes besides ``(x, c)`` (none for SiT/DiT; LightningDiT's RoPE)."""
         return {}
 
     def run_blocks(self, x: Tensor, c: Tensor, *, hidden_at: int | None, stop_at_hidden: bool,
-                   **block_kw: Any) -> SiTOutput:
+                   head_in: tuple[Tensor, Tensor] | None = None, **block_kw: Any) -> SiTOutput:
         """Blocks -> final layer, keeping the tokens after block ``hidden_at`` (REPA's hidden state).
 
         Shared by every generator family (SiT, DiT, LightningDiT passes its RoPE in ``block_kw``).
+        With a DiT^DH head, ``head_in = (x_t, t_emb)`` and the head replaces the final layer.
         """
         hidden = None
         for i, block in enumerate(self.blocks, start=1):
@@ -262,7 +302,10 @@ class SiT(nn.Module):
                 hidden = x  # [B, T, D]
                 if stop_at_hidden:
                     return SiTOutput(prediction=None, hidden=hidden)
-        x = self.final_layer(x, c)  # [B, T, p*p*C]
+        if self.head is not None:
+            x = self.head(head_in[0], x, head_in[1])  # [B, T, p*p*C]
+        else:
+            x = self.final_layer(x, c)  # [B, T, p*p*C]
         return SiTOutput(prediction=self.unpatchify(x), hidden=hidden)  # prediction [B, C, h, w]
 
 

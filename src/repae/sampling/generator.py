@@ -117,12 +117,15 @@ class Generator:
             networks' arithmetic is reduced (issue 13). On GPUs with bf16 tensor cores and on CPUs
             with AMX-bf16 this is the large sampling speed-up; the samples differ from fp32 ones by
             the networks' rounding (docs/benchmarks.md has the figures).
+        time_shift: RAE's time-shift factor alpha of the flow solvers' grid (1 = none; a run's own is
+            ``diffusion.time_shift``, :mod:`repae.diffusion.shift`). DDPM samplers ignore it.
 
     Modules are switched to eval mode for each call and their flags restored afterwards.
     """
 
     def __init__(self, *, tokenizer: Any, model: torch.nn.Module, path: Any = "linear",
-                 num_classes: int | None = None, resolution: int = 256, precision: str = "fp32"):
+                 num_classes: int | None = None, resolution: int = 256, precision: str = "fp32",
+                 time_shift: float = 1.0):
         if num_classes is None:
             num_classes = getattr(getattr(model, "config", None), "num_classes", None)
             if num_classes is None:
@@ -135,6 +138,7 @@ class Generator:
         self.latent_shape = tuple(int(s) for s in tokenizer.latent_shape(self.resolution))  # (C, h, w)
         self.sample_defaults = None  # a SampleConfig when built from a run (from_checkpoint / from_trainer)
         self.precision = precision
+        self.time_shift = float(time_shift)
 
     @property
     def precision(self) -> str:
@@ -171,7 +175,7 @@ class Generator:
         Live VAE + (EMA) SiT + (EMA) normaliser statistics, exactly as the trainer samples them.
         """
         from repae.config import from_dict
-        from repae.training.builders import build_sit_for, build_tokenizer_arch
+        from repae.training.builders import build_sit_for, build_tokenizer_arch, time_shift_of
         from repae.training.checkpoint import read_checkpoint
 
         models, _, state = read_checkpoint(path)
@@ -187,7 +191,7 @@ class Generator:
         tokenizer.eval().to(map_location)
         sit.eval().to(map_location)
         gen = cls(tokenizer=tokenizer, model=sit, path=cfg.diffusion.path, num_classes=cfg.model.num_classes,
-                  resolution=cfg.data.resolution, precision=cfg.sample.precision)
+                  resolution=cfg.data.resolution, precision=cfg.sample.precision, time_shift=time_shift_of(cfg, sit))
         gen.sample_defaults = gen._resolved(cfg.sample)  # the run's own sampling settings (its preview grids')
         return gen
 
@@ -200,13 +204,15 @@ class Generator:
         """
         import copy
 
+        from repae.training.builders import time_shift_of
+
         tok = copy.deepcopy(trainer.tokenizer).eval()
         if ema:
             tok.normalizer.load_state_dict(trainer.ema.normalizer.state_dict())
         model = trainer.ema.model if ema else trainer.sit
         gen = cls(tokenizer=tok, model=model, path=trainer.cfg.diffusion.path,
                   num_classes=trainer.cfg.model.num_classes, resolution=trainer.cfg.data.resolution,
-                  precision=trainer.cfg.sample.precision)
+                  precision=trainer.cfg.sample.precision, time_shift=time_shift_of(trainer.cfg, model))
         gen.sample_defaults = gen._resolved(trainer.cfg.sample)
         return gen
 
@@ -283,7 +289,7 @@ class Generator:
                                           cfg_scale=cfg_scale, interval=guidance_interval,
                                           null_label=self.num_classes)
             return get_solver(sampler)(velocity_fn, x1, num_steps=num_steps, generator=gens, progress=progress,
-                                       path=self.path)  # [B, C, h, w]
+                                       path=self.path, time_shift=self.time_shift)  # [B, C, h, w]
 
     def resolve_sampler(self, sampler: str | None) -> str:
         """``sampler``, or for ``"auto"`` / ``None`` the model family's sampler (euler for a flow

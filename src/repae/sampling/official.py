@@ -130,7 +130,8 @@ def _tokenizer(vae: Any, vae_preset: str | None, checkpoint: Any, channels: int,
     if str(vae) in VAE_PRESETS:
         log.warning("--vae %s is a preset name: a randomly initialised VAE", vae)
         return Tokenizer.from_preset(str(vae)), f"randomly initialised {vae} (preset name)", None
-    raise ConfigError(f"--vae {vae!r} is neither a folder, a weights file nor a preset ({', '.join(VAE_PRESETS)})")
+    raise ConfigError(f"--vae {vae!r} is neither a folder, a weights file nor a preset: pass an existing VAE folder or "
+                      f"weights file, or one of the presets {', '.join(VAE_PRESETS)}")
 
 
 def _statistics(stats: Any, info: OfficialWeights, vae_stats, channels: int) -> OfficialStats:
@@ -201,7 +202,8 @@ def generator_from_official(model_file: str | os.PathLike, *, model_preset: str,
                           "--resolution")
     st = _statistics(stats, info, vae_stats, C)
     if st.mean.numel() != C or st.var.numel() != C:
-        raise ConfigError(f"latent statistics from {st.source} have {st.mean.numel()} channels, the latents {C}")
+        raise ConfigError(f"latent statistics from {st.source} have {st.mean.numel()} channels, the latents {C}; "
+                          "pass --stats of this VAE (e.g. from repae latent-stats)")
     with torch.no_grad():
         tok.normalizer.running_mean.copy_(st.mean)
         tok.normalizer.running_var.copy_(st.var)

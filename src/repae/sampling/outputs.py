@@ -41,7 +41,7 @@ def shard_indices(num_samples: int, rank: int, world_size: int, mode: str = "rou
     if mode not in SHARDING:
         raise ConfigError(f"unknown sharding {mode!r}; choose one of: {', '.join(SHARDING)}")
     if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} outside world of size {world_size}")
+        raise ConfigError(f"rank {rank} outside world of size {world_size}; pass 0 <= rank < world_size")
     if mode == "round-robin":
         return list(range(rank, num_samples, world_size))
     per = math.ceil(num_samples / world_size)
@@ -173,7 +173,8 @@ def sample_to_outputs(generator: Generator, *, num_samples: int, batch_size: int
         labels = sample_labels(num_samples, seed, generator.num_classes)  # [N]
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.numel() != num_samples:
-        raise ConfigError(f"got {labels.numel()} labels for num_samples={num_samples}")
+        raise ConfigError(f"got {labels.numel()} labels for num_samples={num_samples}; pass one label per sample "
+                          "or leave labels unset")
     job = _SamplingJob(generator, labels, seed, batch_size, rank, world_size, distributed,
                        shard_indices(num_samples, rank, world_size, shard), show=progress and rank == 0,
                        sample_kw=dict(sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,

@@ -94,6 +94,15 @@ def _steps(grid: torch.Tensor, n: int, progress: bool, desc: str):
     return tqdm(pairs, desc=desc, leave=False, disable=not progress)
 
 
+def _shifted(grid: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A time grid mapped through RAE's time shift (:func:`repae.diffusion.shift.shift_time`; 1 = unchanged)."""
+    if float(alpha) == 1.0:
+        return grid
+    from repae.diffusion.shift import shift_time  # lazy: keeps this module importable alone
+
+    return shift_time(grid, float(alpha))
+
+
 def _check_steps(num_steps: int) -> None:
     if int(num_steps) < 1:
         raise ConfigError(f"num_steps must be >= 1 (got {num_steps}); pass a positive number of steps")
@@ -105,16 +114,17 @@ def _check_steps(num_steps: int) -> None:
 
 
 def euler(velocity_fn: VelocityFn, x: torch.Tensor, *, num_steps: int, generator: GeneratorArg = None,
-          progress: bool = False, **_: Any) -> torch.Tensor:
+          progress: bool = False, time_shift: float = 1.0, **_: Any) -> torch.Tensor:
     """Explicit Euler for dx/dt = v(x, t) from t = 1 to t = 0 (REPA-E spec 6.1, ``euler_sampler``).
 
     Grid ``t_i = linspace(1, 0, num_steps + 1)``; ``x_{i+1} = x_i + (t_{i+1} - t_i) * v(x_i, t_i)``.
     Network evaluations: ``num_steps``. ``generator`` and extra keywords (e.g. ``path``) are
-    accepted and ignored so that every solver is called the same way.
+    accepted and ignored so that every solver is called the same way. ``time_shift`` alpha maps the
+    grid through RAE's shift ``alpha t / (1 + (alpha - 1) t)`` (:mod:`repae.diffusion.shift`; 1 = off).
     """
     _check_steps(num_steps)
     model_dtype = x.dtype
-    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    grid = _shifted(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), time_shift)
     state = x.to(torch.float64)  # [B, C, h, w]
     for t_cur, t_next in _steps(grid, num_steps, progress, "euler"):
         d = _call(velocity_fn, state, t_cur, t_cur, model_dtype)  # [B, C, h, w]
@@ -123,7 +133,7 @@ def euler(velocity_fn: VelocityFn, x: torch.Tensor, *, num_steps: int, generator
 
 
 def heun(velocity_fn: VelocityFn, x: torch.Tensor, *, num_steps: int, generator: GeneratorArg = None,
-         progress: bool = False, **_: Any) -> torch.Tensor:
+         progress: bool = False, time_shift: float = 1.0, **_: Any) -> torch.Tensor:
     """Heun's 2nd-order method (Euler predictor + trapezoid corrector), REPA-E spec 6.1.
 
     Same grid as :func:`euler`. Each step except the last: predictor ``x' = x_i + dt * d`` with
@@ -134,7 +144,7 @@ def heun(velocity_fn: VelocityFn, x: torch.Tensor, *, num_steps: int, generator:
     """
     _check_steps(num_steps)
     model_dtype = x.dtype
-    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    grid = _shifted(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), time_shift)
     state = x.to(torch.float64)  # [B, C, h, w]
     for i, (t_cur, t_next) in enumerate(_steps(grid, num_steps, progress, "heun")):
         dt = t_next - t_cur
@@ -170,7 +180,7 @@ def diffusion_coefficient(t: float) -> float:
 
 def euler_maruyama(velocity_fn: VelocityFn, x: torch.Tensor, *, num_steps: int,
                    generator: GeneratorArg = None, progress: bool = False, path: Any = "linear",
-                   t_last: float = 0.04, **_: Any) -> torch.Tensor:
+                   t_last: float = 0.04, time_shift: float = 1.0, **_: Any) -> torch.Tensor:
     """Euler-Maruyama for the reverse SDE of the flow (REPA-E spec 6.2, ``euler_maruyama_sampler``).
 
     Grid: ``linspace(1, t_last, num_steps)`` followed by 0 (``t_last = 0.04`` as published).
@@ -188,14 +198,19 @@ def euler_maruyama(velocity_fn: VelocityFn, x: torch.Tensor, *, num_steps: int,
     ``velocity_to_score(v, x, t)`` (t given as a float64 tensor [B]); linear:
     ``score = -((1 - t) v + x) / t``. CFG is already inside ``velocity_fn``: see the module
     docstring for why that equals CFG on the drift.
+
+    ``time_shift`` alpha (RAE, :mod:`repae.diffusion.shift`) shifts the stochastic part of the grid
+    on ``[t_last, 1]``: ``t = t_last + (1 - t_last) * shift((s - t_last) / (1 - t_last))``, so both
+    ends (1 and ``t_last``) stay where they are and the mean step ``t_last -> 0`` is unchanged.
     """
     _check_steps(num_steps)
     path_obj = _resolve_path(path)
     model_dtype = x.dtype
-    grid = torch.cat([
-        torch.linspace(1.0, float(t_last), num_steps, dtype=torch.float64),
-        torch.zeros(1, dtype=torch.float64),
-    ])  # [num_steps + 1]
+    stochastic = torch.linspace(1.0, float(t_last), num_steps, dtype=torch.float64)  # [num_steps]
+    if float(time_shift) != 1.0:
+        span = 1.0 - float(t_last)
+        stochastic = float(t_last) + span * _shifted((stochastic - float(t_last)) / span, time_shift)
+    grid = torch.cat([stochastic, torch.zeros(1, dtype=torch.float64)])  # [num_steps + 1]
     state = x.to(torch.float64)  # [B, C, h, w]
     batch = state.shape[0]
 

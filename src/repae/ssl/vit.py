@@ -77,6 +77,7 @@ def load_vit_t4(weights: str | os.PathLike | None = None, **overrides) -> Vision
                          fix="train them with 'repae pretrain-encoder --out PATH' and pass --encoder-weights PATH")
     result = model.load_state_dict(state, strict=True)
     if result.missing_keys or result.unexpected_keys:  # strict=True raises first; kept for clarity
-        raise ConfigError(f"{path}: state dict does not match repae-vit-t4 ({result})")
+        raise ConfigError(f"{path}: state dict does not match repae-vit-t4 ({result}); pass weights written by "
+                          "'repae pretrain-encoder'")
     model.eval().requires_grad_(False)
     return model

@@ -214,7 +214,8 @@ class AutoencoderKLFlux2Family(VAEFamily):
     def _patch(self, config: dict) -> tuple[int, int]:
         p, q = (int(v) for v in config.get("patch_size", (2, 2)))
         if p != q:
-            raise ConfigError(f"AutoencoderKLFlux2 patch_size {[p, q]}: only square patches are supported")
+            raise ConfigError(f"AutoencoderKLFlux2 patch_size {[p, q]}: only square patches are supported; use a FLUX.2 "
+                              "VAE folder with a square patch_size (the released one has [2, 2])")
         return p, q
 
     def latent_channels(self, config: dict) -> int:
@@ -295,8 +296,8 @@ def get_family(class_name: str) -> VAEFamily:
     try:
         return FAMILIES[class_name]
     except KeyError:
-        raise ConfigError(f"diffusers VAE class {class_name!r} is not supported as a tokenizer; supported: "
-                          f"{', '.join(FAMILIES)}") from None
+        raise ConfigError(f"diffusers VAE class {class_name!r} is not supported as a tokenizer; use a VAE of one "
+                          f"of the supported classes: {', '.join(FAMILIES)}") from None
 
 
 def _jsonable(value):

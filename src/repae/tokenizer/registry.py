@@ -47,6 +47,9 @@ def shipped_preset(spec: str | os.PathLike | None) -> str | None:
 
 #: ``tokenizer.preset`` value that takes the architecture from the diffusers folder in ``tokenizer.weights``.
 AUTO_PRESET = "auto"
+#: ``tokenizer.preset`` value of a representation autoencoder (:mod:`repae.tokenizer.rae`); its architecture is
+#: resolved from the encoder registry into ``tokenizer.arch`` when a run is built (repae.training.builders).
+RAE_PRESET = "rae"
 
 
 def read_folder_arch(weights: str | os.PathLike):
@@ -56,8 +59,11 @@ def read_folder_arch(weights: str | os.PathLike):
     from pathlib import Path
 
     from repae.tokenizer.families import arch_from_diffusers_config
+    from repae.tokenizer.rae import is_rae_folder
 
     p = Path(resolve_tokenizer_weights(weights))
+    if is_rae_folder(p):
+        return None  # an RAE folder is no diffusers VAE: the RAE loader checks it (tokenizer.preset=rae)
     for folder in (p, p / "vae"):
         if (folder / "config.json").is_file():
             try:
@@ -75,6 +81,13 @@ def tokenizer_arch(tok_cfg):
     from repae.tokenizer.families import arch_from_diffusers_config
     from repae.tokenizer.vae import get_vae_config
 
+    if tok_cfg.preset == RAE_PRESET:
+        from repae.tokenizer.rae import RAESpec
+
+        if not isinstance(tok_cfg.arch, dict):
+            raise ConfigError("tokenizer.preset=rae: the RAE architecture (tokenizer.arch) is resolved from the encoder "
+                              "registry when the run is built (repae.training.builders.resolve_rae_arch)")
+        return RAESpec.from_dict(tok_cfg.arch)
     if tok_cfg.preset != AUTO_PRESET:
         return get_vae_config(tok_cfg.preset)
     if tok_cfg.arch is not None:
@@ -88,6 +101,10 @@ def tokenizer_arch(tok_cfg):
         repo = hub.repo_id(tok_cfg.weights)
         if repo is not None:
             raise MissingWeightsError(f"tokenizer.weights={repo}", hub.missing_hint(repo))
+        from repae.tokenizer.rae import is_rae_folder
+
+        if tok_cfg.weights and is_rae_folder(resolve_tokenizer_weights(tok_cfg.weights)):
+            raise ConfigError(f"tokenizer.weights={tok_cfg.weights} is an RAE folder: set tokenizer.preset=rae")
         raise ConfigError(f"tokenizer.preset=auto takes the architecture from a diffusers VAE folder in tokenizer.weights "
                           f"(got {tok_cfg.weights!r}): give such a folder, or name a preset")
     return found[1]

@@ -165,7 +165,8 @@ def load_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         d = json.loads(p.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ConfigError(f"{p} is not JSON; statistics files are .json (repae) or .pt (REPA-E / VA-VAE)") from None
+        raise ConfigError(f"{p} is not JSON; pass a .json written by 'repae latent-stats' or a REPA-E / VA-VAE "
+                          ".pt statistics file") from None
     d = json.loads(p.read_text())
     if not {"mean", "std"} <= set(d):
         raise ConfigError(f"{p} lacks 'mean'/'std'; expected a JSON written by 'repae latent-stats'")

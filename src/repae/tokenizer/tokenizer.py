@@ -144,6 +144,10 @@ class Tokenizer(nn.Module):
             raise missing_vae_weights(directory)
         if not (d / CONFIG_NAME).is_file():
             raise missing_vae_weights(f"{d} (no {CONFIG_NAME}; expected a folder written by save_pretrained)")
+        from repae.tokenizer.rae import is_rae_folder
+
+        if is_rae_folder(d):  # its encoder architecture comes from the encoder registry, a layer above this one
+            raise ConfigError(f"{d} is an RAE folder: load it with repae.encoders.rae.load_rae_tokenizer({str(d)!r})")
         config = arch_from_diffusers_config(json.loads((d / CONFIG_NAME).read_text()), where=str(d / CONFIG_NAME))
         if isinstance(config, DiffusersVAESpec):
             return cls._from_diffusers_folder(d, config, require_stats=require_stats)
@@ -214,7 +218,8 @@ class Tokenizer(nn.Module):
         return LoadReport(path=str(path), layout=layout, num_loaded=num, num_dropped=dropped)
 
     def load_vae_state(self, obj, *, what: str = "VAE weights",
-                       hint: str = "; is this checkpoint for a different VAE preset?") -> tuple[str, int, int]:
+                       hint: str = "; these weights are for another VAE: pass the matching --vae-preset / "
+                                   "tokenizer.preset") -> tuple[str, int, int]:
         """Strictly load a VAE checkpoint held in memory (any layout and nesting, e.g. the ``vae`` entry of a
         REPA-E checkpoint); returns ``(layout, tensors loaded, non-VAE tensors ignored)``.
 

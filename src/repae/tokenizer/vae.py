@@ -111,11 +111,13 @@ class VAEConfig:
         down = list(cfg["down_block_types"])
         unknown = [b for b in down if b not in _DOWN_HAS_ATTN]
         if unknown:
-            raise ConfigError(f"unsupported diffusers encoder block types {unknown}; expected {sorted(_DOWN_HAS_ATTN)}")
+            raise ConfigError(f"unsupported diffusers encoder block types {unknown}; expected {sorted(_DOWN_HAS_ATTN)} "
+                              "(use Tokenizer.from_pretrained(folder) for other designs: it builds diffusers' class)")
         for key, want in (("use_quant_conv", True), ("use_post_quant_conv", True), ("mid_block_add_attention", True),
                           ("act_fn", "silu")):
             if cfg.get(key, want) != want:
-                raise ConfigError(f"diffusers config has {key}={cfg.get(key)!r}; the LDM design needs {want!r}")
+                raise ConfigError(f"diffusers config has {key}={cfg.get(key)!r}; the LDM design needs {want!r} (use "
+                                  "Tokenizer.from_pretrained(folder) for other designs: it builds diffusers' class)")
         c = cls(
             block_out_channels=tuple(int(x) for x in cfg["block_out_channels"]),
             attention_levels=tuple(i for i, b in enumerate(down) if _DOWN_HAS_ATTN[b]),
@@ -127,8 +129,8 @@ class VAEConfig:
         )
         if tuple(cfg["up_block_types"]) != c.to_diffusers_kwargs()["up_block_types"]:
             raise ConfigError(
-                f"diffusers decoder blocks {cfg['up_block_types']} do not mirror the encoder {down}; "
-                "only the symmetric LDM design is supported"
+                f"diffusers decoder blocks {cfg['up_block_types']} do not mirror the encoder {down}; this class models "
+                "only the symmetric LDM design: use Tokenizer.from_pretrained(folder), which builds diffusers' class"
             )
         return c
 

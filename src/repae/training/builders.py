@@ -14,6 +14,7 @@ from pathlib import Path
 
 from repae.config import RunConfig, resolve_channels_last
 from repae.errors import ConfigError
+from repae.training.rae import build_rae, resolve_rae_arch, validate_rae
 from repae.training.recipes import RECIPES, Recipe, get_recipe
 
 log = logging.getLogger("repae.train")
@@ -26,6 +27,8 @@ def validate_config(cfg: RunConfig) -> Recipe:
 
     recipe = get_recipe(cfg.train.recipe)
     resolve_channels_last(cfg.train.channels_last, "cpu")  # true / false / auto, else one line naming them
+    resolve_rae_arch(cfg)  # tokenizer.preset=rae: its architecture from the encoder registry
+    validate_rae(cfg, recipe)
     vae_cfg = tokenizer_arch(cfg.tokenizer)  # a preset, or (preset=auto) the tokenizer.weights folder's
     if cfg.train.vae_checkpointing and not _supports_checkpointing(vae_cfg):
         raise ConfigError(f"train.vae_checkpointing=true: diffusers' {vae_cfg.class_name} has no gradient "
@@ -46,9 +49,12 @@ def validate_config(cfg: RunConfig) -> Recipe:
     if recipe.build_sit:  # encoder_depth, patch and label-dropout checks live in the model's config
         from repae.models import model_config
 
-        model_config(cfg.model.preset, input_size=cfg.data.resolution // vae_cfg.downsample_factor,
-                     in_channels=vae_cfg.latent_channels, num_classes=cfg.model.num_classes,
-                     encoder_depth=cfg.model.encoder_depth, class_dropout_prob=cfg.model.class_dropout_prob)
+        mc = model_config(cfg.model.preset, input_size=cfg.data.resolution // vae_cfg.downsample_factor,
+                          in_channels=vae_cfg.latent_channels, num_classes=cfg.model.num_classes,
+                          encoder_depth=cfg.model.encoder_depth, class_dropout_prob=cfg.model.class_dropout_prob,
+                          **head_kwargs(cfg))
+        check_generator_width(cfg, mc)
+        time_shift_of(cfg, mc)  # a bad diffusion.time_shift, or one on a DDPM model: one line
     if needs_align and not cfg.align.encoders:
         raise ConfigError(f"recipe '{cfg.train.recipe}' aligns to an encoder: set align.encoders (e.g. [repae-vit-t4])")
     if cfg.align.encoder_weights and len(cfg.align.encoder_weights) != len(cfg.align.encoders):
@@ -71,8 +77,15 @@ def _supports_checkpointing(arch) -> bool:
 
 def build_tokenizer_arch(cfg: RunConfig):
     """The tokenizer architecture with random weights (checkpoints fill it)."""
-    from repae.tokenizer.registry import AUTO_PRESET, tokenizer_arch
+    from repae.tokenizer.registry import AUTO_PRESET, RAE_PRESET, tokenizer_arch
     from repae.tokenizer.tokenizer import Tokenizer
+
+    if cfg.tokenizer.preset == RAE_PRESET:  # encoder and decoder weights both come from the checkpoint
+        from repae.encoders.rae import build_rae_tokenizer
+
+        resolve_rae_arch(cfg)
+        return build_rae_tokenizer(tokenizer_arch(cfg.tokenizer), load_weights=False,
+                                   momentum=cfg.tokenizer.bn_momentum, noise_tau=cfg.tokenizer.rae_noise_tau)
 
     if cfg.tokenizer.preset != AUTO_PRESET:
         return Tokenizer.from_preset(cfg.tokenizer.preset, momentum=cfg.tokenizer.bn_momentum)
@@ -87,13 +100,15 @@ def build_tokenizer(cfg: RunConfig, recipe: Recipe):
     the folder carries (logged); an LDM-design folder needs ``latent_stats.json`` for that, as before.
     """
     from repae.tokenizer.families import DiffusersVAESpec
-    from repae.tokenizer.registry import AUTO_PRESET, resolve_tokenizer_weights, tokenizer_arch
+    from repae.tokenizer.registry import AUTO_PRESET, RAE_PRESET, resolve_tokenizer_weights, tokenizer_arch
     from repae.tokenizer.tokenizer import Tokenizer
 
     weights = None if recipe.vae_random_init else resolve_tokenizer_weights(cfg.tokenizer.weights)
     folder = Path(weights) if weights and Path(weights).is_dir() else None
     diffusers_folder = folder is not None and isinstance(tokenizer_arch(cfg.tokenizer), DiffusersVAESpec)
-    if folder is not None and (diffusers_folder or (folder / "latent_stats.json").exists()):
+    if cfg.tokenizer.preset == RAE_PRESET:
+        tok, has_stats = build_rae(cfg, recipe, weights)
+    elif folder is not None and (diffusers_folder or (folder / "latent_stats.json").exists()):
         tok = Tokenizer.from_pretrained(folder, require_stats=False)
         tok.normalizer.momentum = cfg.tokenizer.bn_momentum
         has_stats = tok.stats_source is not None
@@ -155,7 +170,46 @@ def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
         learn_pos_embed=cfg.model.learn_pos_embed,
         projector=cfg.align.projector,
         **({"projector_dim": cfg.model.projector_dim} if cfg.model.projector_dim else {}),
+        **head_kwargs(cfg),
     )
+
+
+def head_kwargs(cfg: RunConfig) -> dict:
+    """The DiT^DH head of ``model.dh_depth`` / ``dh_width`` / ``dh_heads`` as generator-config fields (nothing when ``model.dh_depth=0``, so the
+    configs of runs without a head are unchanged)."""
+    if not cfg.model.dh_depth:
+        return {}
+    return {"head_depth": cfg.model.dh_depth, "head_hidden_size": cfg.model.dh_width,
+            "head_num_heads": cfg.model.dh_heads}
+
+
+def check_generator_width(cfg: RunConfig, model_cfg) -> None:
+    """RAE sec. 4.1: the layers that make the prediction (the DiT^DH head if any, else the generator) must be at
+    least as wide as one latent token, ``C * p^2`` values; ``model.check_width=false`` lets a run break it."""
+    token = model_cfg.in_channels * model_cfg.patch_size ** 2
+    if cfg.model.check_width and model_cfg.width < token:
+        raise ConfigError(f"{cfg.model.preset} is {model_cfg.width} wide but a latent token has {token} values (C x "
+                          f"patch^2): a generator narrower than its tokens cannot fit them (RAE sec. 4.1); use a wider "
+                          "model, a DiT^DH head (model.dh_depth=2), or model.check_width=false")
+
+
+def time_shift_of(cfg: RunConfig, model) -> float:
+    """``diffusion.time_shift`` as the factor alpha for ``model`` (a generator or its config): RAE's dimension
+    shift uses its latent ``C x h x w``; 1 without a generator. ConfigError for a shift on a DDPM model (DiT)."""
+    from repae.diffusion.shift import resolve_time_shift
+
+    if model is None:
+        return 1.0
+    mc = getattr(model, "config", model)
+    alpha = resolve_time_shift(cfg.diffusion.time_shift, (mc.in_channels, mc.input_size, mc.input_size),
+                               cfg.diffusion.time_shift_base)
+    if alpha != 1.0:
+        from repae.models import preset_objective_kind
+
+        if preset_objective_kind(cfg.model.preset) == "ddpm":
+            raise ConfigError(f"diffusion.time_shift={cfg.diffusion.time_shift} shifts a flow schedule; "
+                              f"{cfg.model.preset} is a DDPM model: set diffusion.time_shift=none")
+    return alpha
 
 
 #: ``sample.sampler`` value (the default) that leaves the sampler to the generator family.
@@ -189,6 +243,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     if cfg.model.preset in MODEL_PRESETS:  # an unknown preset is validate_config's one-line error
         cfg.sample.sampler = resolve_sampler(cfg.model.preset, cfg.sample.sampler)
     resolve_cached_latents_vae(cfg)
+    resolve_rae_arch(cfg)
     from repae.tokenizer.registry import resolve_tokenizer_arch
 
     resolve_tokenizer_arch(cfg.tokenizer)  # tokenizer.preset=auto -> record the folder's architecture
@@ -272,7 +327,13 @@ def build_objective(cfg: RunConfig, model):
 
     if model is not None and objective_kind(model) == "ddpm":
         return DDPMObjective(learn_sigma=model.config.learn_sigma)
-    return FlowMatching(get_path(cfg.diffusion.path), get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path))
+    sampler = get_time_sampler(cfg.diffusion.time_sampler, cfg.diffusion.path)
+    alpha = time_shift_of(cfg, model)
+    if alpha != 1.0:  # RAE's dimension-dependent shift of the training times (repae.diffusion.shift)
+        from repae.diffusion.shift import ShiftedTime
+
+        sampler = ShiftedTime(sampler, alpha)
+    return FlowMatching(get_path(cfg.diffusion.path), sampler)
 
 
 def check_token_counts(cfg: RunConfig, sit, encoders) -> None:

@@ -222,7 +222,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, models: dict[str, dict[st
     if bad is not None:
         raise NonFiniteCheckpointError(
             f"refusing to write checkpoint {final.name}: '{bad}' holds NaN/inf; "
-            f"last good checkpoint: {last_good_checkpoint(run_dir)}")
+            f"last good checkpoint: {last_good_checkpoint(run_dir)} (lower the learning rates or "
+            "optim.max_grad_norm, then rerun to resume from it)")
     needed = estimate_checkpoint_bytes(models, {})  # models exactly; optimizer tensors below
     needed += sum(v.numel() * v.element_size() for v in opt_tensors.values())
     good = last_good_checkpoint(run_dir)

@@ -45,11 +45,16 @@ def export_note(tok, cfg, state: dict, source, *, ema_vae: bool, ema_stats: bool
     """The short ``REPAE_EXPORT.md``: what was tuned, from what, and where the latent statistics went."""
     start = cfg.tokenizer.weights or f"random weights ({cfg.tokenizer.preset})"
     stats = "EMA of the latent normaliser" if ema_stats else "the live latent normaliser"
+    load = (f"- diffusers class: `{tok.class_name}` (load with `diffusers.{tok.class_name}.from_pretrained(<this "
+            "folder>)` or `repae.Tokenizer.from_pretrained(<this folder>)`)")
+    if getattr(tok, "preset", None) == "rae":  # repae's RAE folder: the decoder is diffusers' RAEDecoder
+        load = ("- representation autoencoder (RAE; frozen encoder `" + tok.spec.encoder + "`, decoder: diffusers' "
+                "RAEDecoder, AutoencoderRAE's decoder.* keys): load with "
+                "`repae.encoders.rae.load_rae_tokenizer(<this folder>)`")
     lines = [
         "# E2E-VAE exported by repae",
         "",
-        f"- diffusers class: `{tok.class_name}` (load with `diffusers.{tok.class_name}.from_pretrained(<this folder>)`"
-        " or `repae.Tokenizer.from_pretrained(<this folder>)`)",
+        load,
         f"- source: `{source}`, step {state.get('step')}, recipe `{state.get('recipe')}`",
         f"- started from: `{start}` (tokenizer.preset `{cfg.tokenizer.preset}`)",
         f"- weights: {'the tokenizer EMA' if ema_vae else 'the trained VAE'} (every tensor may have changed)",

@@ -16,6 +16,7 @@ no-lreg             yes        1.5 REPA    no     0.5 REPA   yes        yes     
 vae-scratch         yes        1.5 REPA    yes    0.5 REPA   yes        yes         random
 ldm                 no         -           -      0.5 REPA   (frozen)   no          cached
 vae                 yes        -           yes    (no SiT)   -          stats only  weights
+rae-decoder         decoder    -           yes    (no SiT)   -          no          weights
 ==================  =========  ==========  =====  =========  =========  ==========  =========
 
 "no-normalizer" keeps the normaliser at its initial statistics for the whole run (a fixed
@@ -24,7 +25,12 @@ batch-norm" row replaces the BN layer. "e2e-diffusion" is the naive end-to-end b
 paper's Table 1: the diffusion loss is back-propagated into the VAE and there is no separate
 alignment pass through a frozen SiT. "vae" builds no SiT: it trains or fine-tunes the tokenizer
 alone (from ``tokenizer.weights``, or from scratch when unset) with L_REG plus any of the SE /
-EQ-VAE / VF regularisers (``tokreg.*``, docs/tokenizer-regularisers.md).
+EQ-VAE / VF regularisers (``tokreg.*``, docs/tokenizer-regularisers.md). "rae-decoder" trains the
+ViT decoder of a representation autoencoder (``tokenizer.preset=rae``, RAE, Zheng et al. 2025) on its
+FROZEN encoder with L1 + perceptual + GAN (L_REG with ``loss.kl_weight=0``) and noise-augmented
+latents; its latent statistics are computed once from clean latents and never move (the encoder does
+not change). A generator trains on an RAE's latents with ``ldm``, ``repa`` or ``vanilla`` (tokenizer
+frozen); the recipes that train the VAE end to end do not apply to an RAE (its encoder is frozen).
 """
 
 from __future__ import annotations
@@ -70,7 +76,14 @@ RECIPES: dict[str, Recipe] = {
     # the latent's batch statistics so export-vae writes current ones
     "vae": Recipe(train_vae=True, vae_align=False, l_reg=True, sit_align=False, stop_grad=True,
                   update_normalizer=True, build_sit=False),
+    # RAE decoder only (tokenizer.preset=rae): the encoder is frozen, the decoder is the tokenizer's only
+    # trained part; the statistics stay those of the clean latents
+    "rae-decoder": Recipe(train_vae=True, vae_align=False, l_reg=True, sit_align=False, stop_grad=True,
+                          update_normalizer=False, build_sit=False),
 }
+
+#: The recipes a generator trains with on an RAE's latents (the tokenizer frozen), besides ``rae-decoder``.
+RAE_GENERATOR_RECIPES = ("ldm", "repa", "vanilla")
 
 
 def get_recipe(name: str) -> Recipe:

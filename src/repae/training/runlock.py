@@ -228,7 +228,8 @@ def acquire_run_lock(run_dir: str | Path, engine=None) -> RunLock:
         if float(flag.item()) > 0 and error is None:
             if lock is not None:
                 lock.release()
-            raise RunLockedError(f"run folder {run_dir} is in use by another process (rank 0 could not lock it)")
+            raise RunLockedError(f"run folder {run_dir} is in use by another process (rank 0 could not lock it): wait for "
+                                 "it to finish, stop it, or choose another train.exp_name")
     if error is not None:
         raise error
     return lock if lock is not None else RunLock(run_dir / LOCK_NAME, None)
