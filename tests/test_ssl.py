@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from repae.errors import MissingWeightsError
+from repae.errors import ConfigError, MissingWeightsError
 from repae.ssl import (
     ASSET_WEIGHTS,
     PretrainConfig,
@@ -57,6 +57,35 @@ def test_tiny_pretraining_is_deterministic(objective):
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
     assert set(a.state_dict) == set(build_vit_t4(**TINY_ARCH).state_dict())  # backbone only, timm keys
+
+
+def test_pretraining_resumes_bit_exact_after_an_interrupted_epoch(tmp_path, monkeypatch):
+    import repae.ssl.train as ssl_train
+
+    x = _images()
+    cfg = dict(objective="simclr", architecture="cnn-p4", batch_size=4, epochs=3, seed=2,
+               arch_overrides={"width": 4}, objective_overrides=TINY_OBJ["simclr"])
+    whole = pretrain(x, PretrainConfig(**cfg), progress=False)
+    state = tmp_path / "enc.state.pt"
+    original = ssl_train._save_state
+
+    def save_then_die(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after epoch 1's state was written
+
+    monkeypatch.setattr(ssl_train, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(x, PretrainConfig(**cfg), progress=False, state_path=state)
+    monkeypatch.setattr(ssl_train, "_save_state", original)
+    assert torch.load(state, weights_only=True)["epoch"] == 1
+    resumed = pretrain(x, PretrainConfig(**cfg), progress=False, state_path=state)
+    assert resumed.epoch_losses == whole.epoch_losses and resumed.num_steps == whole.num_steps
+    assert all(torch.equal(resumed.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)
+    with pytest.raises(ConfigError, match="another config.*delete it"):
+        pretrain(x, PretrainConfig(**{**cfg, "seed": 5}), progress=False, state_path=state)
+    state.write_bytes(b"truncated")
+    with pytest.raises(ConfigError, match="cannot read.*delete it"):
+        pretrain(x, PretrainConfig(**cfg), progress=False, state_path=state)
 
 
 def test_cnn_p4_simclr_pretraining_bf16_is_deterministic_and_loads_in_registry(tmp_path):

@@ -13,6 +13,8 @@ accuracy of the trained encoder and of a random encoder of the same shape).
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 import shlex
 import sys
 
@@ -33,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"weights file (default: {DEFAULT_OUT})")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resume-state", default=None,
+                        help="per-epoch resume state (default: <out>.state.pt; a rerun with the same flags continues "
+                             "from the last finished epoch; deleted once the weights are written)")
     parser.add_argument("--no-probe", action="store_true", help="skip the final linear probe on the embedded test split")
 
 
@@ -54,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(objective=args.objective, architecture=args.architecture, precision=args.precision,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
     check_config(cfg)  # before reading 60,000 images
-    result = pretrain(images, cfg)
+    state_path = args.resume_state or str(args.out) + ".state.pt"
+    result = pretrain(images, cfg, state_path=state_path)
     extra = {"command": _command_line(args), "data": args.data, "num_images": int(images.shape[0]),
              "final_metrics": {"loss": round(result.epoch_losses[-1], 5)}}
     if not args.no_probe:
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                                        "probe": "embedded train -> embedded test (1000), mean-pooled patch tokens, "
                                                 "L-BFGS logistic regression, weight_decay 1e-4"})
     record = save_encoder(args.out, result, extra=extra)
+    Path(state_path).unlink(missing_ok=True)  # the weights and record now hold everything; a rerun starts over
     print(f"wrote {args.out} (loss {record['final_metrics']['loss']}, wall {record['wall_s']} s)")
     for k in ("probe_accuracy", "random_probe_accuracy"):
         if k in record["final_metrics"]:

@@ -8,6 +8,12 @@ Determinism: the model init uses ``torch.manual_seed(seed)``; the epoch order us
 seeded from ``(seed, epoch)``; every step's augmentations and masks use a generator seeded from
 ``(seed, step)`` (EDM2-style per-step reseeding), so a run is a pure function of its seed and
 thread count (CPU reductions are order-dependent across thread counts).
+
+Resume: with ``state_path`` set, the full training state (backbone, projection head / teacher,
+optimizer, losses so far) is written atomically after every epoch, and a rerun with the same
+config continues from the last finished epoch. Because the data order and the augmentations are
+functions of ``(seed, epoch)`` and ``(seed, step)``, a resumed run is bit-identical to one never
+interrupted (tested). A state written by a different config is refused, not silently mixed.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from repae.encoders.convnet import build_cnn_p4
 from repae.errors import ConfigError
 from repae.ssl.objectives import OBJECTIVES, VIT_ONLY
 from repae.ssl.vit import build_vit_t4
-from repae.utils.io import save_safetensors, write_json
+from repae.utils.io import atomic_path, save_safetensors, write_json
 
 # peak AdamW lr (mae/dino at batch 128, chosen by a short sweep, see ssl/__init__; simclr at batch 256)
 DEFAULT_LR = {"mae": 8e-4, "dino": 1e-3, "simclr": 2e-3}
@@ -95,8 +101,38 @@ def build_objective(cfg: PretrainConfig) -> torch.nn.Module:
     return cls(backbone, cfg_cls(**cfg.objective_overrides))
 
 
-def pretrain(images: torch.Tensor, cfg: PretrainConfig, *, progress: bool = True) -> PretrainResult:
-    """Train the encoder on uint8 images ``[N, 3, H, W]``; returns the backbone weights and losses."""
+def _load_state(path: str | os.PathLike | None, cfg: PretrainConfig, model: torch.nn.Module,
+                opt: torch.optim.Optimizer) -> tuple[int, list[float], float]:
+    """Restore a per-epoch state if ``path`` holds one; returns (epochs done, epoch losses, wall so far)."""
+    if path is None or not os.path.exists(path):
+        return 0, [], 0.0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+        raise ConfigError(f"cannot read the pretraining state {path} ({type(err).__name__}: {err}); "
+                          f"delete it to start over") from None
+    if state.get("config") != asdict(cfg):
+        raise ConfigError(f"the pretraining state {path} was written by another config "
+                          f"({state.get('config')}); delete it or pass the same flags to resume")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), list(state["epoch_losses"]), float(state["wall_s"])
+
+
+def _save_state(path: str | os.PathLike, cfg: PretrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                epoch: int, epoch_losses: list[float], wall_s: float) -> None:
+    state = {"config": asdict(cfg), "epoch": epoch, "epoch_losses": epoch_losses, "wall_s": wall_s,
+             "model": model.state_dict(), "optimizer": opt.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def pretrain(images: torch.Tensor, cfg: PretrainConfig, *, progress: bool = True,
+             state_path: str | os.PathLike | None = None) -> PretrainResult:
+    """Train the encoder on uint8 images ``[N, 3, H, W]``; returns the backbone weights and losses.
+
+    ``state_path``: where the per-epoch resume state lives (see the module docstring); None = no resume.
+    """
     check_config(cfg)
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ConfigError(f"expected uint8 images [N,3,H,W], got {images.dtype} {tuple(images.shape)}")
@@ -117,12 +153,12 @@ def pretrain(images: torch.Tensor, cfg: PretrainConfig, *, progress: bool = True
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     data = images.to(device)
 
-    epoch_losses: list[float] = []
-    step = 0
+    first_epoch, epoch_losses, wall_before = _load_state(state_path, cfg, model, opt)
+    step = first_epoch * steps_per_epoch
     t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=f"pretrain[{cfg.objective}]", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=f"pretrain[{cfg.objective}]", disable=not progress, dynamic_ncols=True)
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch))
         running = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
@@ -146,8 +182,10 @@ def pretrain(images: torch.Tensor, cfg: PretrainConfig, *, progress: bool = True
             if i % 5 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
         epoch_losses.append(float(running) / steps_per_epoch)
+        if state_path is not None:
+            _save_state(state_path, cfg, model, opt, epoch + 1, epoch_losses, wall_before + time.perf_counter() - t0)
     bar.close()
-    wall = time.perf_counter() - t0
+    wall = wall_before + time.perf_counter() - t0
     state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
     return PretrainResult(state_dict=state, epoch_losses=epoch_losses, num_steps=step, wall_s=wall, config=cfg)
 
