@@ -8,14 +8,24 @@ run folder and inside every checkpoint, so a checkpoint can rebuild its own mode
 
 Defaults are those of the embedded CPU job; the ImageNet presets set the paper's values
 (spec-repae.md section 1.1).
+
+Each key's facts are written once, beside its default, by :func:`key`: the values it may take
+(``choices``), its numeric range (``range``) and what a changed value means when a run resumes
+(``resume``). The tables the checks read (:data:`CHOICES`, :data:`RANGES`, and
+:func:`resume_keys` for :mod:`repae.training.resume`) are computed from those fields.
+
+Renamed keys (:data:`RENAMED`, :data:`RENAMED_SECTIONS`; CHANGELOG.md) are one-line errors in a
+preset, a config file or an override; a config saved by a run or checkpoint is translated by
+:func:`migrate_config_dict` (:func:`config_from_saved`), so old run folders still resume.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +35,45 @@ from repae.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+# --- facts about a key ---------------------------------------------------------------------------
+
+# numeric ranges: (test, "must be ..."), checked by check_ranges before a run builds anything
+_POS, _NONNEG = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
+_UNIT, _UNIT_OPEN = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: 0 <= v < 1, "in [0, 1)")
+
+#: what a changed value means when a run resumes (repae.training.resume); a key with none of these
+#: changes training, and resuming with another value is warned about
+ARCH = "architecture"  # fixes tensor shapes: resuming with another value cannot load the weights
+OVERRIDDEN = "overridden"  # an optimizer hyper-parameter: the checkpoint's value is used
+HARMLESS = "harmless"  # changes nothing about the trained weights (bookkeeping): only noted
+_RESUME = (ARCH, OVERRIDDEN, HARMLESS)
+
+
+def key(default: Any = MISSING, *, factory: Any = MISSING, choices: tuple[str, ...] | None = None,
+        range: tuple | None = None, infinite: bool = False, resume: str | None = None) -> Any:  # noqa: A002
+    """A config field and its facts (dataclass field metadata), the one place they are written.
+
+    Args:
+        default / factory: the default value (``factory`` for a mutable one, as ``default_factory``).
+        choices: the values a fixed-choice key may take (:func:`check_choices`).
+        range: ``(test, "must be ...")`` every numeric value of the key passes (:func:`check_ranges`).
+        infinite: ``.inf`` is allowed besides the range (``optim.max_grad_norm``: no clipping).
+        resume: :data:`ARCH`, :data:`OVERRIDDEN` or :data:`HARMLESS` (what a change means on resume).
+    """
+    if resume is not None and resume not in _RESUME:
+        raise ValueError(f"resume={resume!r} is not one of {_RESUME}")
+    meta = {"choices": choices, "range": range, "infinite": infinite, "resume": resume}
+    meta = {k: v for k, v in meta.items() if v}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class DataConfig:
     source: str = "embedded"  # "embedded" | "fashion-mnist" | folder | .npz | .h5
-    resolution: int = 32  # image side in pixels (ADM centre crop for folders)
-    num_workers: int = 0  # DataLoader workers (files are opened lazily per worker)
+    resolution: int = key(32, range=_POS, resume=ARCH)  # image side in pixels (ADM centre crop for folders)
+    num_workers: int = key(0, range=_NONNEG, resume=HARMLESS)  # DataLoader workers (files are opened lazily per worker)
     latents: str | None = None  # cached-latent file for the `ldm` recipe (repae cache-latents)
 
 
@@ -38,38 +81,40 @@ class DataConfig:
 class TokenizerConfig:
     # VAE architecture: f8d4 | f16d32 | tiny-f4d4 | tiny-f8d4 (LDM design) | flux1 | sd35 | flux2 | qwenimage
     # (published diffusers VAEs) | auto (the architecture of the diffusers folder in `weights`; docs/tokenizers.md)
-    preset: str = "tiny-f4d4"
+    preset: str = key("tiny-f4d4", resume=ARCH)
     weights: str | None = None  # diffusers VAE folder / safetensors / LDM .pt; None = random init
     stats: str | None = None  # JSON {mean, std} initialising the latent normaliser
-    bn_momentum: float = 0.1  # momentum of the latent BatchNorm (spec 2.6)
-    stats_images: int = 512  # without `stats`: images whose posterior samples initialise the normaliser
+    bn_momentum: float = key(0.1, range=_UNIT)  # momentum of the latent BatchNorm (spec 2.6)
+    # without `stats`: images whose posterior samples initialise the normaliser
+    stats_images: int = key(512, range=_POS)
     # preset=auto: the folder's diffusers config ({"_class_name": ..., ...}), filled in from `weights` when the
     # run is built and recorded in config.json, so a checkpoint rebuilds its VAE without the folder
     # (preset=rae: the RAE architecture, resolved from the rae_* keys and the encoder registry)
-    arch: dict[str, Any] | None = None
+    arch: dict[str, Any] | None = key(None, resume=ARCH)  # a dict: any of its fields
     # preset=rae: a representation autoencoder (RAE, Zheng et al. 2025; docs/tokenizers.md): the latent is a
     # FROZEN encoder's patch tokens [D, h, w]; a ViT decoder is trained by the `rae-decoder` recipe, and
     # `weights` is then an RAE folder (what that run exports)
     rae_encoder: str = "repae-vit-t4"  # registry name of the frozen encoder (RAE: dinov2-vit-b-reg)
     rae_encoder_weights: str | None = None  # its weights file (default: $REPAE_<NAME>_WEIGHTS / packaged)
     rae_decoder: str = "ViT-T"  # decoder preset: ViT-T | ViT-S | ViT-B | ViT-L | ViT-XL (RAE: ViT-XL)
-    rae_noise_tau: float = 0.8  # decoder training adds N(0, sigma^2) to the latent, sigma ~ U(0, tau) (RAE 0.8)
+    # decoder training adds N(0, sigma^2) to the latent, sigma ~ U(0, tau) (RAE 0.8)
+    rae_noise_tau: float = key(0.8, range=_NONNEG)
 
 
 @dataclass
 class ModelConfig:
-    preset: str = "SiT-T/1"  # SiT-{S,B,L,XL}/{1,2,4,8}, SiT-T/{1,2}
-    num_classes: int = 10
-    class_dropout_prob: float = 0.1  # label dropout for CFG (spec 2.2)
-    encoder_depth: int = 2  # 1-based SiT block whose output is projected (paper: 8)
-    qk_norm: bool = False
-    learn_pos_embed: bool = False  # true = train the sin-cos table, as the official code does by accident
-    projector_dim: int = 0  # REPA MLP head width; 0 = the preset's (2048, spec 2.5)
+    preset: str = key("SiT-T/1", resume=ARCH)  # SiT-{S,B,L,XL}/{1,2,4,8}, SiT-T/{1,2}
+    num_classes: int = key(10, range=_POS, resume=ARCH)
+    class_dropout_prob: float = key(0.1, range=_UNIT_OPEN)  # label dropout for CFG (spec 2.2)
+    qk_norm: bool = key(False, resume=ARCH)
+    # true = train the sin-cos table, as the official code does by accident
+    learn_pos_embed: bool = key(False, resume=ARCH)
+    projector_dim: int = key(0, range=_NONNEG, resume=ARCH)  # REPA MLP head width; 0 = the preset's (2048, spec 2.5)
     # DiT^DH (RAE sec. 5, repae.models.dh): a wide shallow head replacing the final layer, SiT / LightningDiT
     # only; 0 = none. DiT^DH-XL: 2 blocks, 2048 wide, 16 heads
-    dh_depth: int = 0
-    dh_width: int = 2048
-    dh_heads: int = 16
+    dh_depth: int = key(0, range=_NONNEG)
+    dh_width: int = key(2048, range=_POS)
+    dh_heads: int = key(16, range=_POS)
     # RAE sec. 4.1: the layers that make the prediction (the DH head if any, else the model) must be at least
     # as wide as a latent token (C * patch^2); false lets a run break that rule on purpose
     check_width: bool = True
@@ -77,36 +122,37 @@ class ModelConfig:
 
 @dataclass
 class AlignConfig:
-    encoders: list[str] = field(default_factory=lambda: ["repae-vit-t4"])  # alignment targets
+    encoders: list[str] = key(factory=lambda: ["repae-vit-t4"], resume=ARCH)  # alignment targets
     encoder_weights: list[str | None] = field(default_factory=list)  # one path per encoder (or none)
-    proj_coeff: float = 0.5  # lambda_g: REPA weight in the SiT update
-    vae_align_coeff: float = 1.5  # lambda_v: REPA weight in the VAE update
-    projector: str = "mlp"  # REPA head: mlp (REPA) | conv (iREPA 3x3 conv); repae.models.projectors
+    depth: int = key(2, range=_POS)  # 1-based SiT block whose output is projected and aligned (paper: 8)
+    sit_coeff: float = key(0.5, range=_NONNEG)  # lambda_g: REPA weight in the SiT update
+    vae_coeff: float = key(1.5, range=_NONNEG)  # lambda_v: REPA weight in the VAE update (through the frozen SiT)
+    projector: str = key("mlp", resume=ARCH)  # REPA head: mlp (REPA) | conv (iREPA 3x3 conv); repae.models.projectors
     target_norm: str = "none"  # encoder-token normalisation: none (REPA) | spatial (iREPA, gamma 0.7)
 
 
 @dataclass
 class DiffusionConfig:
-    path: str = "linear"  # linear | cosine
-    time_sampler: str = "uniform"  # uniform | lognormal
+    path: str = key("linear", choices=("linear", "cosine"))  # linear | cosine
+    time_sampler: str = key("uniform", choices=("uniform", "lognormal"))  # uniform | lognormal
     # RAE's dimension-dependent shift t' = a t / (1 + (a - 1) t) of training times and sampling grids
     # (repae.diffusion.shift): none | dimension (a = sqrt(C*h*w / time_shift_base)) | a number a
     time_shift: str = "none"
-    time_shift_base: int = 4096  # n of the dimension shift (RAE: 4096)
+    time_shift_base: int = key(4096, range=_POS)  # n of the dimension shift (RAE: 4096)
 
 
 @dataclass
-class LossConfig:
-    """L_REG of the VAE (spec section 4)."""
+class LRegConfig:
+    """L_REG of the VAE (spec section 4): reconstruction + perceptual + KL + GAN (section ``lreg``)."""
 
-    reconstruction_weight: float = 1.0
-    perceptual: str = "laplacian"  # lpips (needs VGG16 weights) | laplacian | none
-    perceptual_weight: float = 1.0
+    reconstruction_weight: float = key(1.0, range=_NONNEG)
+    perceptual: str = key("laplacian", choices=("lpips", "laplacian", "none"))  # lpips needs VGG16 weights
+    perceptual_weight: float = key(1.0, range=_NONNEG)
     vgg_weights: str | None = None
-    kl_weight: float = 1e-6
-    disc_weight: float = 0.1
-    disc_start: int = 0
-    lecam_weight: float = 0.0
+    kl_weight: float = key(1e-6, range=_NONNEG)
+    disc_weight: float = key(0.1, range=_NONNEG)
+    disc_start: int = key(0, range=_NONNEG)
+    lecam_weight: float = key(0.0, range=_NONNEG)
     adaptive_disc_weight: bool = False
     disc_weights: str | None = None  # optional pretrained discriminator (safetensors/.pt)
 
@@ -116,90 +162,95 @@ class TokRegConfig:
     """Tokenizer regularisers SE / EQ-VAE / VA-VAE VF (repae.losses.tokenizer_reg,
     docs/tokenizer-regularisers.md). Weights / probabilities 0 = off (the default in every recipe)."""
 
-    se_weight: float = 0.0  # SE alpha (Skorokhodov et al. 2025); paper 0.25 [unverified]
+    se_weight: float = key(0.0, range=_NONNEG)  # SE alpha (Skorokhodov et al. 2025); paper 0.25 [unverified]
     se_factors: list[int] = field(default_factory=lambda: [2, 4])  # one drawn per step [unverified]
     se_terms: list[str] = field(default_factory=lambda: ["l1", "perceptual"])  # SE distance d: l1|perceptual|gan
-    eq_prob: float = 0.0  # EQ-VAE equivariance-step probability (upstream 0.5)
-    eq_lowres_prob: float = 0.25  # low-resolution share of the other (prior-preservation) steps
-    eq_scale_den: int = 0  # EQ scales k/den; 0 = the latent side (32 for SD-VAE at 256 px, as upstream)
-    eq_min_scale: float = 0.25  # smallest EQ scale (upstream 8/32)
+    eq_prob: float = key(0.0, range=_UNIT)  # EQ-VAE equivariance-step probability (upstream 0.5)
+    eq_lowres_prob: float = key(0.25, range=_UNIT)  # low-resolution share of the other (prior-preservation) steps
+    # EQ scales k/den; 0 = the latent side (32 for SD-VAE at 256 px, as upstream)
+    eq_scale_den: int = key(0, range=_NONNEG)
+    eq_min_scale: float = key(0.25, range=_POS)  # smallest EQ scale (upstream 8/32)
     eq_rotate: bool = True  # compose with rot90 by k*90 deg, k in {1,2,3}
     eq_anisotropic: bool = False  # independent height/width scales
-    vf_weight: float = 0.0  # VA-VAE w_hyper (0.1)
+    vf_weight: float = key(0.0, range=_NONNEG)  # VA-VAE w_hyper (0.1)
     vf_encoder: str = "repae-vit-t4"  # foundation model (registry name; VA-VAE: dinov2-vit-l)
     vf_encoder_weights: str | None = None  # its weights (default: env var / packaged)
-    vf_pixels: str = "encoder"  # encoder (its own normalisation) | vavae ([-1, 1], bilinear, as upstream)
+    # encoder (its own normalisation) | vavae ([-1, 1], bilinear, as upstream)
+    vf_pixels: str = key("encoder", choices=("encoder", "vavae"))
     vf_cos_margin: float = 0.5  # m1
     vf_distmat_margin: float = 0.25  # m2
-    vf_cos_weight: float = 1.0
-    vf_distmat_weight: float = 1.0
+    vf_cos_weight: float = key(1.0, range=_NONNEG)
+    vf_distmat_weight: float = key(1.0, range=_NONNEG)
     vf_adaptive: bool = True  # adaptive weight ||grad nll|| / (||grad vf|| + 1e-4) on the encoder's last conv
-    ema: bool = False  # recipe vae: EMA of the tokenizer (decay optim.ema_decay), exported by export-vae
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4  # SiT
-    vae_lr: float = 1e-4
-    disc_lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0  # clipped separately for SiT, VAE and discriminator
-    ema_decay: float = 0.9999
+    lr: float = key(1e-4, range=_NONNEG, resume=OVERRIDDEN)  # SiT
+    vae_lr: float = key(1e-4, range=_NONNEG, resume=OVERRIDDEN)
+    disc_lr: float = key(1e-4, range=_NONNEG, resume=OVERRIDDEN)
+    betas: tuple[float, float] = key((0.9, 0.999), range=_UNIT_OPEN, resume=OVERRIDDEN)
+    weight_decay: float = key(0.0, range=_NONNEG, resume=OVERRIDDEN)
+    eps: float = key(1e-8, range=_POS, resume=OVERRIDDEN)
+    max_grad_norm: float = key(1.0, range=_POS, infinite=True)  # clipped separately for SiT, VAE and discriminator
+    ema_decay: float = key(0.9999, range=_UNIT_OPEN)
 
 
 @dataclass
 class TrainConfig:
-    recipe: str = "repa-e"  # see repae.training.recipes.RECIPES
-    batch_size: int = 64  # global batch
-    grad_accum: int = 1
-    max_steps: int = 400
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    compile: bool = False
-    vae_checkpointing: bool = False  # recompute VAE activations in backward (fits 32 img/GPU at 256 px)
+    recipe: str = key("repa-e", resume=ARCH)  # see repae.training.recipes.RECIPES
+    batch_size: int = key(64, range=_POS)  # global batch
+    grad_accum: int = key(1, range=_POS)
+    max_steps: int = key(400, range=_POS, resume=HARMLESS)
+    mixed_precision: str = key("no", choices=("no", "bf16", "fp16"))  # no | bf16 | fp16
+    compile: bool = key(False, resume=HARMLESS)
+    # recompute VAE activations in backward (fits 32 img/GPU at 256 px)
+    vae_checkpointing: bool = key(False, resume=HARMLESS)
     # NHWC memory format for the VAE, LPIPS-VGG and PatchGAN convolutions: true | false | auto
     # (auto = on for a CPU, where it was measured faster, off on CUDA until measured there)
     channels_last: bool | str = "auto"
-    allow_tf32: bool = True
+    allow_tf32: bool = key(True, resume=HARMLESS)
     seed: int = 0
-    output_dir: str = "runs"
-    exp_name: str = "repae-tiny-fmnist"
-    log_every: int = 10
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    sample_every: int = 200
+    output_dir: str = key("runs", resume=HARMLESS)
+    exp_name: str = key("repae-tiny-fmnist", resume=HARMLESS)
+    log_every: int = key(10, range=_POS, resume=HARMLESS)
+    checkpoint_every: int = key(200, range=_POS, resume=HARMLESS)
+    keep_checkpoints: int = key(2, range=_NONNEG, resume=HARMLESS)
+    sample_every: int = key(200, range=_NONNEG, resume=HARMLESS)
     init_from: str | None = None  # generator init: a repae run/checkpoint or an official .pt/.safetensors (EMA)
-    resume: bool = True  # resume from the latest complete checkpoint of the run folder
-    threads: int = 0  # torch CPU threads (0 = torch default)
-    report_to: str = "tensorboard"  # tensorboard | wandb | none
-    diagnostics_every: int = 50  # latent-health scalars (SV, TV, CKNNA, ...) on a held-out batch; 0 = off
-    report: bool = True  # write RUN/report.html (repae report) when the run ends
+    resume: bool = key(True, resume=HARMLESS)  # resume from the latest complete checkpoint of the run folder
+    threads: int = key(0, range=_NONNEG, resume=HARMLESS)  # torch CPU threads (0 = torch default)
+    report_to: str = key("tensorboard", choices=("tensorboard", "wandb", "none"), resume=HARMLESS)  # metrics logger
+    # latent-health scalars (SV, TV, CKNNA, ...) on a held-out batch; 0 = off
+    diagnostics_every: int = key(50, range=_NONNEG, resume=HARMLESS)
+    html_report: bool = key(True, resume=HARMLESS)  # write RUN/report.html (repae report) when the run ends
     # end of run: FD + class accuracy of N EMA samples beside N real test images (evalnet-fmnist,
     # 32x32 Fashion-MNIST only; RUN/final-samples.json + .png, shown first in report.html); 0 = off
-    final_eval_samples: int = 0
-    max_nonfinite_skips: int = 3  # consecutive NaN/inf steps (each skipped, nothing updated) before the run halts
+    final_eval_samples: int = key(0, range=_NONNEG, resume=HARMLESS)
+    # consecutive NaN/inf steps (each skipped, nothing updated) before the run halts
+    max_nonfinite_skips: int = key(3, range=_POS, resume=HARMLESS)
     # several processes: a collective (gradient all-reduce, barrier) waits at most this long for a silent
     # rank before every rank stops (torch's default is 30 min of idle, billed GPUs); a rank that fails
     # tells the others at once
-    dist_timeout_min: float = 10.0
+    dist_timeout_min: float = key(10.0, range=_POS, resume=HARMLESS)
+    vae_ema: bool = False  # recipe vae: EMA of the tokenizer (decay optim.ema_decay), exported by export-vae
 
 
 @dataclass
 class SampleConfig:
     """In-training preview grids and the defaults of `repae sample`."""
 
-    num_images: int = 64
+    num_images: int = key(64, range=_POS, resume=HARMLESS)
     # auto = the generator family's sampler: euler for flow models (SiT, LightningDiT), ddim for DDPM
     # ones (DiT); resolved when a run is built, so a run's config.json names the sampler it used
-    sampler: str = "auto"  # auto | euler | heun | euler-maruyama | ddim | ddpm
-    num_steps: int = 50
-    cfg_scale: float = 4.0
-    guidance_low: float = 0.0
-    guidance_high: float = 1.0
+    sampler: str = key("auto", resume=HARMLESS)  # auto | euler | heun | euler-maruyama | ddim | ddpm
+    num_steps: int = key(50, range=_POS, resume=HARMLESS)
+    cfg_scale: float = key(4.0, range=_NONNEG, resume=HARMLESS)
+    guidance_low: float = key(0.0, range=_UNIT, resume=HARMLESS)
+    guidance_high: float = key(1.0, range=_UNIT, resume=HARMLESS)
     # network + VAE decode arithmetic (autocast; solver state fp32/fp64): fp32 as generate.py, bf16 the
     # fast path (the embedded presets: 2.7x faster on an AVX512-BF16 CPU, docs/benchmarks.md)
-    precision: str = "fp32"
+    precision: str = key("fp32", choices=("fp32", "bf16", "fp16"), resume=HARMLESS)
 
 
 @dataclass
@@ -209,7 +260,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    lreg: LRegConfig = field(default_factory=LRegConfig)
     tokreg: TokRegConfig = field(default_factory=TokRegConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -272,20 +323,78 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
     return value
 
 
+# --- renamed keys (CHANGELOG.md) ------------------------------------------------------------------
+
+RENAMED_ON = "2026-12-06"  # the CHANGELOG.md heading that lists the renames
+#: old dotted key -> the key that replaced it (issue 25: names that say what each key is)
+RENAMED: dict[str, str] = {
+    "model.encoder_depth": "align.depth",  # the SiT block aligned, not the VAE encoder nor align.encoders
+    "align.proj_coeff": "align.sit_coeff",  # lambda_g
+    "align.vae_align_coeff": "align.vae_coeff",  # lambda_v
+    "tokreg.ema": "train.vae_ema",  # the VAE's EMA (recipe vae), not a regulariser
+    "train.report": "train.html_report",  # RUN/report.html; train.report_to names the metrics logger
+}
+#: old section -> new section, every key inside unchanged
+RENAMED_SECTIONS: dict[str, str] = {"loss": "lreg"}  # only the VAE's L_REG
+
+
+def _renamed(dotted: str) -> str | None:
+    """The key that replaced ``dotted`` (``section.key``), or None when it was not renamed."""
+    if dotted in RENAMED:
+        return RENAMED[dotted]
+    section, _, rest = dotted.partition(".")
+    return f"{RENAMED_SECTIONS[section]}.{rest}" if section in RENAMED_SECTIONS else None
+
+
+def _renamed_error(old: str, new: str, what: str = "key") -> ConfigError:
+    return ConfigError(f"config {what} '{old}' was renamed '{new}' (CHANGELOG.md, {RENAMED_ON}): use the new name")
+
+
+def migrate_config_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config dict saved by an older version (a run's ``config.json``, a checkpoint's ``state.json``
+    config) with every renamed key under its new name (:data:`RENAMED`, :data:`RENAMED_SECTIONS`).
+
+    Only for configs a run or checkpoint wrote: a user's preset or override with an old name is an
+    error (:func:`from_dict`). Returns a new dict; ``raw`` is not changed. A dict with the new names
+    comes back equal.
+    """
+    out = copy.deepcopy(dict(raw or {}))
+    for old, new in RENAMED_SECTIONS.items():
+        if isinstance(out.get(old), dict):
+            moved = out.pop(old)
+            out[new] = {**moved, **out[new]} if isinstance(out.get(new), dict) else moved
+    for old, new in RENAMED.items():
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        if isinstance(out.get(osec), dict) and okey in out[osec]:
+            value = out[osec].pop(okey)
+            target = out.setdefault(nsec, {})
+            if isinstance(target, dict):
+                target.setdefault(nkey, value)
+    return out
+
+
 def _apply(section_obj: Any, updates: dict[str, Any], prefix: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(section_obj)}
-    for key, value in updates.items():
-        if key not in fields:
+    for name, value in updates.items():
+        if name not in fields:
+            if (new := _renamed(f"{prefix}{name}")) is not None:
+                raise _renamed_error(f"{prefix}{name}", new)
             raise ConfigError(
-                f"unknown config key '{prefix}{key}'; valid keys in '{prefix.rstrip('.')}': {', '.join(fields)}"
+                f"unknown config key '{prefix}{name}'; valid keys in '{prefix.rstrip('.')}': {', '.join(fields)}"
             )
-        setattr(section_obj, key, _coerce(value, fields[key].type, f"{prefix}{key}"))
+        setattr(section_obj, name, _coerce(value, fields[name].type, f"{prefix}{name}"))
 
 
 def from_dict(raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
-    """Build a RunConfig from a nested dict (unknown keys are errors)."""
+    """Build a RunConfig from a nested dict (unknown keys are errors; a renamed key is a one-line error
+    naming its new name: a saved config goes through :func:`config_from_saved` instead)."""
     cfg = base or RunConfig()
     for section, values in (raw or {}).items():
+        if section in RENAMED_SECTIONS and not hasattr(cfg, section):
+            first = next(iter(values), None) if isinstance(values, dict) else None
+            new = RENAMED_SECTIONS[section]
+            raise (_renamed_error(f"{section}.{first}", f"{new}.{first}") if first is not None
+                   else _renamed_error(section, new, "section"))
         if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
             raise ConfigError(
                 f"unknown config section '{section}'; valid: {', '.join(f.name for f in dataclasses.fields(cfg))}"
@@ -294,6 +403,12 @@ def from_dict(raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
             raise ConfigError(f"config section '{section}' must be a mapping")
         _apply(getattr(cfg, section), values, f"{section}.")
     return cfg
+
+
+def config_from_saved(raw: dict[str, Any]) -> RunConfig:
+    """The RunConfig of a config dict a run or checkpoint saved (old key names translated:
+    :func:`migrate_config_dict`)."""
+    return from_dict(migrate_config_dict(raw))
 
 
 def resolve_channels_last(value: bool | str, device_type: str) -> bool:
@@ -341,17 +456,22 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-# Keys whose value is one of a fixed set, named once; registry-valued keys (recipe, presets, sampler,
-# encoders) are checked against their registries when a run is built.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "train.mixed_precision": ("no", "bf16", "fp16"),
-    "sample.precision": ("fp32", "bf16", "fp16"),
-    "train.report_to": ("tensorboard", "wandb", "none"),
-    "diffusion.path": ("linear", "cosine"),
-    "diffusion.time_sampler": ("uniform", "lognormal"),
-    "loss.perceptual": ("lpips", "laplacian", "none"),
-    "tokreg.vf_pixels": ("encoder", "vavae"),
-}
+def key_facts() -> dict[str, dict[str, Any]]:
+    """``{"section.key": metadata}`` of every config key, in declaration order (the one key table)."""
+    return {f"{sec.name}.{f.name}": dict(f.metadata) for sec in dataclasses.fields(RunConfig)
+            for f in dataclasses.fields(sec.default_factory)}
+
+
+def resume_keys(kind: str) -> tuple[str, ...]:
+    """The keys whose ``resume`` fact is ``kind`` (:data:`ARCH`, :data:`OVERRIDDEN` or :data:`HARMLESS`)."""
+    if kind not in _RESUME:
+        raise ValueError(f"kind={kind!r} is not one of {_RESUME}")
+    return tuple(k for k, m in key_facts().items() if m.get("resume") == kind)
+
+
+# Keys whose value is one of a fixed set; registry-valued keys (recipe, presets, sampler, encoders) are
+# checked against their registries when a run is built.
+CHOICES: dict[str, tuple[str, ...]] = {k: m["choices"] for k, m in key_facts().items() if "choices" in m}
 
 
 def check_choices(cfg: RunConfig) -> None:
@@ -366,30 +486,8 @@ def check_choices(cfg: RunConfig) -> None:
 
 
 # Numeric ranges, checked by check_ranges before a run builds anything: key -> (test, "must be ...").
-_POS, _NONNEG = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
-_UNIT, _UNIT_OPEN = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: 0 <= v < 1, "in [0, 1)")
-RANGES: dict[str, tuple] = {
-    "data.resolution": _POS, "data.num_workers": _NONNEG,
-    "tokenizer.bn_momentum": _UNIT, "tokenizer.stats_images": _POS, "tokenizer.rae_noise_tau": _NONNEG,
-    "model.num_classes": _POS, "model.class_dropout_prob": _UNIT_OPEN, "model.encoder_depth": _POS,
-    "model.projector_dim": _NONNEG, "model.dh_depth": _NONNEG, "model.dh_width": _POS, "model.dh_heads": _POS,
-    "diffusion.time_shift_base": _POS,
-    "align.proj_coeff": _NONNEG, "align.vae_align_coeff": _NONNEG,
-    "loss.reconstruction_weight": _NONNEG, "loss.perceptual_weight": _NONNEG, "loss.kl_weight": _NONNEG,
-    "loss.disc_weight": _NONNEG, "loss.disc_start": _NONNEG, "loss.lecam_weight": _NONNEG,
-    "tokreg.se_weight": _NONNEG, "tokreg.eq_prob": _UNIT, "tokreg.eq_lowres_prob": _UNIT,
-    "tokreg.eq_scale_den": _NONNEG, "tokreg.eq_min_scale": _POS, "tokreg.vf_weight": _NONNEG,
-    "tokreg.vf_cos_weight": _NONNEG, "tokreg.vf_distmat_weight": _NONNEG,
-    "optim.lr": _NONNEG, "optim.vae_lr": _NONNEG, "optim.disc_lr": _NONNEG, "optim.betas": _UNIT_OPEN,
-    "optim.weight_decay": _NONNEG, "optim.eps": _POS, "optim.max_grad_norm": _POS, "optim.ema_decay": _UNIT_OPEN,
-    "train.batch_size": _POS, "train.grad_accum": _POS, "train.max_steps": _POS, "train.log_every": _POS,
-    "train.checkpoint_every": _POS, "train.keep_checkpoints": _NONNEG, "train.sample_every": _NONNEG,
-    "train.threads": _NONNEG, "train.diagnostics_every": _NONNEG, "train.final_eval_samples": _NONNEG, "train.max_nonfinite_skips": _POS,
-    "train.dist_timeout_min": _POS,
-    "sample.num_images": _POS, "sample.num_steps": _POS, "sample.cfg_scale": _NONNEG,
-    "sample.guidance_low": _UNIT, "sample.guidance_high": _UNIT,
-}
-_MAY_BE_INFINITE = ("optim.max_grad_norm",)  # .inf = no clipping
+RANGES: dict[str, tuple] = {k: m["range"] for k, m in key_facts().items() if "range" in m}
+_MAY_BE_INFINITE = tuple(k for k, m in key_facts().items() if m.get("infinite"))  # .inf = no clipping
 
 
 def check_ranges(cfg: RunConfig) -> None:
@@ -451,4 +549,5 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
 
 
 def config_from_json(path: str | Path) -> RunConfig:
-    return from_dict(json.loads(Path(path).read_text()))
+    """The RunConfig of a run's saved ``config.json`` (old key names translated)."""
+    return config_from_saved(json.loads(Path(path).read_text()))
