@@ -34,14 +34,14 @@ if [[ $TINY == 1 ]]; then  # the same cases on the embedded default's shapes: pr
   SOVR=(sample.sampler=euler-maruyama sample.num_steps=2 sample.cfg_scale=1.8 sample.guidance_high=0.65)
 else
   OPTS=(--device "$DEVICE" --steps 3 --warmup 2 --flops --config tiny-fmnist)
-  OVR=(data.resolution=256 tokenizer.preset=f8d4 "align.encoders=[dinov2-vit-b]" loss.perceptual=lpips
-       model.num_classes=1000 model.encoder_depth=8 train.report_to=none)
+  OVR=(data.resolution=256 tokenizer.preset=f8d4 "align.encoders=[dinov2-vit-b]" lreg.perceptual=lpips
+       model.num_classes=1000 align.depth=8 train.report_to=none)
   XL=(model.preset=SiT-XL/2)
   B32=(train.batch_size=32) B64=(train.batch_size=64) SWEEP=(8 16 32 64)
   BF16=(train.mixed_precision=bf16) PEAK=(--peak-tflops 989)
   # the issue-13 sampling case: 50-step SDE with CFG on [0, 0.65] + decode of 256 images, SiT-XL/2 + f8d4
   SOPTS=(--device "$DEVICE" --steps 1 --warmup 1 --config tiny-fmnist --sample 256)
-  SOVR=(data.resolution=256 tokenizer.preset=f8d4 model.num_classes=1000 model.encoder_depth=8
+  SOVR=(data.resolution=256 tokenizer.preset=f8d4 model.num_classes=1000 align.depth=8
         sample.sampler=euler-maruyama sample.num_steps=50 sample.cfg_scale=1.8 sample.guidance_high=0.65)
 fi
 

@@ -24,7 +24,7 @@ OUT = ROOT / "src" / "repae" / "assets" / "repae-vae-fmnist"
 STEPS = 1500
 TRAIN = ["train", "--config", "tiny-fmnist", "--recipe", "vae", "--no-export", "train.exp_name=repae-vae-fmnist",
          f"train.max_steps={STEPS}", "train.seed=0", "train.threads=2", f"train.checkpoint_every={STEPS}",
-         "train.report=false", "train.diagnostics_every=0", "train.report_to=none"]
+         "train.html_report=false", "train.diagnostics_every=0", "train.report_to=none"]
 
 
 def run(argv: list[str]) -> None:

@@ -30,7 +30,7 @@ def test_unknown_verb_errors(capsys):
 
 @pytest.mark.parametrize(
     "override",
-    ["model.encoder_depth=9", "train.recipe=nope", "data.resolution=30", "train.nonexistent_key=1"],
+    ["align.depth=9", "train.recipe=nope", "data.resolution=30", "train.nonexistent_key=1"],
 )
 def test_bad_train_config_is_one_line(override, tmp_path, capsys):
     code = main(["train", f"train.output_dir={tmp_path}", override])

@@ -61,10 +61,10 @@ def test_evaluate_recon_lpips_matches_lpips_package(tmp_path, vgg_file):
 
 
 def test_adaptive_disc_weight_through_trainer(tmp_path):
-    tr = make_trainer(tmp_path, "loss.adaptive_disc_weight=true", "loss.disc_start=0")
+    tr = make_trainer(tmp_path, "lreg.adaptive_disc_weight=true", "lreg.disc_start=0")
     metrics = tr.train_step(*batch(tr))
     assert np.isfinite(float(metrics["vae_loss"]))
-    fixed = make_trainer(tmp_path / "b", "loss.adaptive_disc_weight=false", "loss.disc_start=0")
+    fixed = make_trainer(tmp_path / "b", "lreg.adaptive_disc_weight=false", "lreg.disc_start=0")
     assert float(fixed.train_step(*batch(fixed))["vae_loss"]) != pytest.approx(float(metrics["vae_loss"]))
 
 

@@ -29,9 +29,9 @@ pytestmark = pytest.mark.slow
 STEPS = 8
 OVERRIDES = [
     "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "tokenizer.stats_images=32",
-    "model.encoder_depth=2", "train.batch_size=8", f"train.max_steps={STEPS}", "train.log_every=1",
+    "align.depth=2", "train.batch_size=8", f"train.max_steps={STEPS}", "train.log_every=1",
     "train.checkpoint_every=2", "train.keep_checkpoints=0", "train.sample_every=0", "train.diagnostics_every=0",
-    "train.final_eval_samples=0", "train.report=false", "train.report_to=none", "train.dist_timeout_min=1",
+    "train.final_eval_samples=0", "train.html_report=false", "train.report_to=none", "train.dist_timeout_min=1",
     "train.exp_name=run",
 ]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

@@ -204,11 +204,11 @@ def test_ldm_layout_file_loads_into_a_flux1_like_spec(tmp_path):
 
 # ---------------------------------------------------------------- train (REPA-E), export, load in diffusers
 TRAIN = [
-    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "model.encoder_depth=2",
+    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "align.depth=2",
     "train.batch_size=4", "train.report_to=none", "train.log_every=1", "train.checkpoint_every=2",
-    "train.sample_every=0", "train.diagnostics_every=0", "train.final_eval_samples=0", "train.report=false",
+    "train.sample_every=0", "train.diagnostics_every=0", "train.final_eval_samples=0", "train.html_report=false",
     "train.max_steps=2", "sample.num_images=2", "sample.num_steps=2", "tokenizer.stats_images=8",
-    "train.mixed_precision=no", "train.channels_last=false", "loss.disc_start=0",
+    "train.mixed_precision=no", "train.channels_last=false", "lreg.disc_start=0",
     "model.check_width=false",  # SiT-T (64 wide) on the tiny FLUX.2's 128-channel tokens: RAE's width rule waived
 ]
 

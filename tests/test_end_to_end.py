@@ -26,7 +26,7 @@ def test_train_export_sample_evaluate(tmp_path, capsys):
     assert (run / "samples" / "step-0000004.png").exists()
     assert (run / "e2e-vae" / "latent_stats.json").exists()
     config = json.loads((run / "config.json").read_text())
-    assert config["loss"]["perceptual"] == "laplacian" and config["train"]["recipe"] == "repa-e"
+    assert config["lreg"]["perceptual"] == "laplacian" and config["train"]["recipe"] == "repa-e"
     assert config["model"]["preset"] == "SiT-XS/1" and config["align"]["encoders"] == ["repae-cnn-p4"]
     final = json.loads((run / "final-samples.json").read_text())  # the end-of-run measurement of the default
     assert final["step"] == 4 and final["num_samples"] == 50 and "real_fid" in final

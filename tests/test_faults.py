@@ -36,10 +36,10 @@ import pytest
 HERE = Path(__file__).resolve()
 STEPS = 4
 OVERRIDES = [
-    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "model.encoder_depth=2",
+    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "align.depth=2",
     "tokenizer.stats_images=32", "train.batch_size=8", "train.report_to=none", "train.log_every=1",
     f"train.max_steps={STEPS}", "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.sample_every=1000",
-    "train.diagnostics_every=0", "train.report=false", "sample.num_images=4", "sample.num_steps=2",
+    "train.diagnostics_every=0", "train.html_report=false", "sample.num_images=4", "sample.num_steps=2",
 ]
 
 

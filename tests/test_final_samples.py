@@ -92,7 +92,7 @@ def test_final_samples_for_every_generator_family(tmp_path, preset):
     import repae
 
     run = repae.train("tiny-fmnist", overrides=[*TINY, "train.final_eval_samples=10", f"model.preset={preset}",
-                                                "train.report=false", f"train.output_dir={tmp_path}"], export=False)
+                                                "train.html_report=false", f"train.output_dir={tmp_path}"], export=False)
     r = json.loads((run / "final-samples.json").read_text())
     assert r["num_samples"] == 10 and r["sampler"] == ("ddim" if preset.startswith("DiT") else "euler")
     assert 0 <= r["class_accuracy"] <= 1 and r["fid"] > 0

@@ -111,3 +111,28 @@ def test_scaler_states_resume_and_an_older_single_scaler_checkpoint_loads(tmp_pa
     old = make_trainer(tmp_path / "c", "train.mixed_precision=fp16")
     old.load(path)
     assert all(s.get_scale() == tr.scalers["opt_disc"].get_scale() for s in old.scalers.values())
+
+
+def test_fp16_on_a_cpu_without_native_half_precision_warns_once_naming_bf16(tmp_path, monkeypatch, caplog):
+    """fp16 convolutions without AVX512-FP16 take oneDNN's reference path (~60x slower than fp32 here):
+    the run says so and names bf16; a CPU with the flag, bf16 and fp32 get no warning."""
+    import logging
+
+    import repae.training.engine as engine
+
+    plain, native = tmp_path / "plain", tmp_path / "native"
+    plain.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    native.write_text("flags\t\t: fpu avx512f avx512_bf16 avx512_fp16 amx_fp16\n")
+    assert not engine.cpu_has_native_fp16(str(plain)) and engine.cpu_has_native_fp16(str(native))
+    assert engine.cpu_has_native_fp16(str(tmp_path / "missing"))  # unknown: no warning on a guess
+
+    def warnings_for(precision: str, has_fp16: bool) -> list[str]:
+        monkeypatch.setattr(engine, "cpu_has_native_fp16", lambda *a: has_fp16)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="repae.train"):
+            engine.setup_distributed(precision, device="cpu")
+        return [r.getMessage() for r in caplog.records if "fp16" in r.getMessage()]
+
+    msgs = warnings_for("fp16", False)
+    assert len(msgs) == 1 and "train.mixed_precision=bf16" in msgs[0]
+    assert warnings_for("fp16", True) == [] and warnings_for("bf16", False) == [] and warnings_for("no", False) == []

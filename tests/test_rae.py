@@ -273,7 +273,7 @@ def test_rae_config_errors(tmp_path):
     cases = [
         (["train.recipe=rae-decoder"], "tiny-fmnist", "set tokenizer.preset=rae"),
         (["train.recipe=repa-e"], "tiny-fmnist-rae", "cannot train an RAE"),
-        (["loss.kl_weight=1e-6"], "tiny-fmnist-rae", "loss.kl_weight"),
+        (["lreg.kl_weight=1e-6"], "tiny-fmnist-rae", "lreg.kl_weight"),
         (["tokreg.se_weight=0.25"], "tiny-fmnist-rae", "tokreg"),
         (["tokenizer.rae_decoder=ViT-Q"], "tiny-fmnist-rae", "unknown RAE decoder"),
     ]
@@ -295,7 +295,7 @@ def test_rae_decoder_recipe_trains_the_decoder_only(tmp_path):
 
     overrides = [f"train.output_dir={tmp_path}", "train.exp_name=dec", "train.max_steps=2", "train.batch_size=4",
                  "train.report_to=none", "tokenizer.stats_images=16", "train.sample_every=0",
-                 "train.diagnostics_every=0", "train.report=false", "train.mixed_precision=no"]
+                 "train.diagnostics_every=0", "train.html_report=false", "train.mixed_precision=no"]
     result = run_training("tiny-fmnist-rae", overrides=overrides, hooks=[])
     from repae.training.checkpoint import read_checkpoint
 

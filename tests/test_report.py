@@ -12,7 +12,7 @@ import torch
 from repae.cli import main
 
 TINY = [
-    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "model.encoder_depth=2",
+    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "align.depth=2",
     "tokenizer.stats_images=32", "train.batch_size=8", "train.report_to=none", "train.log_every=1",
     "train.checkpoint_every=1", "train.keep_checkpoints=3", "train.max_steps=2",
     "sample.num_images=4", "sample.num_steps=2",

@@ -22,7 +22,7 @@ from repae.study.plan import (
     parse_shard,
 )
 
-TINY = ["model.preset=SiT-T/1", "model.encoder_depth=2", "tokenizer.stats_images=32", "train.log_every=1",
+TINY = ["model.preset=SiT-T/1", "align.depth=2", "tokenizer.stats_images=32", "train.log_every=1",
         "sample.num_images=4", "sample.num_steps=2"]
 
 
@@ -437,6 +437,45 @@ def test_miniature_extras_dit_and_tokenizer_regulariser(tmp_path, tokenizer_dir)
     assert isinstance(results["runs"]["tokreg-se-s0"]["rfid"], (int, float))
     md = (out / "report.md").read_text()
     assert "Tokenizer regularisers" in md and "| VAE init. + L_REG + SE |" in md and "DiT-T/1" in md
+
+
+def test_extra_rae_plan_rows():
+    """--extra rae: the decoder row drops the study's VAE weights and exports; the generator row reads that
+    export with RAE's head and shift; the default runs are untouched; the paper budget is refused."""
+    base = build_plan(StudyConfig())
+    full = build_plan(StudyConfig(kinds=(*DEFAULT_KINDS, *EXTRAS["rae"])))
+    assert set(full.names()) - set(base.names()) == {"rae-decoder-s0", "rae-s0"}
+    assert all(full.get(r.name).overrides == r.overrides for r in base.runs)
+    dec, gen = full.get("rae-decoder-s0"), full.get("rae-s0")
+    assert dec.exports_vae and dec.depends_on is None and "train.recipe=rae-decoder" in dec.overrides
+    assert "tokenizer.weights=null" in dec.overrides and "tokenizer.preset=rae" in dec.overrides
+    assert gen.depends_on == "rae-decoder-s0" and "train.recipe=vanilla" in gen.overrides
+    assert any(o.endswith("rae-decoder-s0/e2e-vae") for o in gen.overrides)
+    assert {"model.dh_depth=2", "diffusion.time_shift=dimension"} <= set(gen.overrides)
+    from repae.config import check_ranges, load_config
+
+    for r in (dec, gen):  # the overrides validate against the current config keys
+        check_ranges(load_config(full.config.preset, list(r.overrides)))
+    with pytest.raises(ConfigError, match="--extra rae runs at --budget small only"):
+        build_plan(paper_config(kinds=(*DEFAULT_KINDS, *EXTRAS["rae"])))
+
+
+def test_miniature_extra_rae(tmp_path, tokenizer_dir):
+    """The RAE decoder row trains and exports an RAE folder; the SiT row on it samples, is analysed and
+    fills the 'RAE beside REPA-E' table with the decoder's rFID."""
+    from repae.study.run import run_study
+
+    cfg = tiny_config(tmp_path / "study", tokenizer_dir, kinds=("vanilla", *EXTRAS["rae"]),
+                      overrides=(*TINY, "model.dh_width=64", "model.dh_heads=2", "model.check_width=false"))
+    res = run_study(cfg, log=lambda line: None)
+    assert res["ran"] == ["vanilla-s0", "rae-decoder-s0", "rae-s0"]
+    out = tmp_path / "study"
+    assert (out / "runs" / "rae-decoder-s0" / "e2e-vae" / "config.json").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert isinstance(results["runs"]["rae-s0"]["rfid"], (int, float))
+    assert isinstance(results["runs"]["rae-s0"]["fid"], (int, float))
+    md = (out / "report.md").read_text()
+    assert "RAE beside REPA-E" in md and "| RAE (frozen repae-vit-t4 + ViT-T decoder) |" in md
 
 
 def test_dropin_without_its_e2e_vae_is_one_line(tmp_path, tokenizer_dir):

@@ -241,7 +241,7 @@ def test_se_gan_term_never_trains_the_discriminator(tiny):
 
 TINY = [
     "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "tokenizer.stats_images=32",
-    "model.encoder_depth=2", "train.batch_size=8", "train.report_to=none", "train.log_every=1",
+    "align.depth=2", "train.batch_size=8", "train.report_to=none", "train.log_every=1",
     "train.checkpoint_every=1000", "train.sample_every=1000", "sample.num_images=4", "sample.num_steps=2",
 ]
 # all three on the embedded default: 8x8 latent; EQ scales 6/8, 7/8 keep images >= 24 px (PatchGAN)
@@ -316,7 +316,7 @@ def test_phase_routing_with_every_regulariser(tmp_path):
 
 
 def test_vae_recipe_resume_is_bit_exact(tmp_path):
-    common = [*ALL_REGS, "tokreg.ema=true", "train.max_steps=4", "train.checkpoint_every=2"]
+    common = [*ALL_REGS, "train.vae_ema=true", "train.max_steps=4", "train.checkpoint_every=2"]
     straight = _trainer(tmp_path / "a", *common)
     straight.fit()
     interrupted = _trainer(tmp_path / "b", *common)
@@ -375,7 +375,7 @@ def test_presets_validate(preset):
         (["tokreg.vf_weight=0.1", "tokreg.vf_encoder=dinov2-vit-l"], "tokreg.vf_encoder"),  # 16/32 vs 8
         (["tokreg.vf_weight=0.1", "tokreg.vf_pixels=raw"], "tokreg.vf_pixels"),
         (["tokreg.se_weight=0.25", "train.recipe=repa"], "tokreg"),  # frozen VAE: nothing to regularise
-        (["tokreg.ema=true", "train.recipe=repa-e"], "tokreg.ema"),
+        (["train.vae_ema=true", "train.recipe=repa-e"], "train.vae_ema"),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(tmp_path, overrides, needle):
@@ -409,7 +409,7 @@ def _run_distributed(rank: int, world: int, port: int, out_dir: str) -> None:
     # GAN off (BatchNorm statistics differ per process) and a fixed VF weight (the adaptive ratio
     # is computed per process on its own micro-batch, as upstream does per GPU)
     cfg = load_config("tiny-fmnist", [*TINY, f"train.output_dir={out_dir}/w{world}", "train.recipe=vae",
-                                      "train.max_steps=2", "train.resume=false", "loss.disc_weight=0.0",
+                                      "train.max_steps=2", "train.resume=false", "lreg.disc_weight=0.0",
                                       "tokreg.se_weight=0.25", "tokreg.eq_prob=0.5", "tokreg.eq_min_scale=0.75",
                                       "tokreg.vf_weight=0.1",
                                       "tokreg.vf_adaptive=false"])

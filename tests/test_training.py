@@ -15,7 +15,7 @@ TINY = [
     "data.source=embedded",
     "align.encoders=[repae-vit-t4]",
     "model.preset=SiT-T/1", "tokenizer.stats_images=32",
-    "model.encoder_depth=2",
+    "align.depth=2",
     "train.batch_size=8",
     "train.report_to=none",
     "train.log_every=1",
@@ -148,7 +148,7 @@ def test_resume_is_bit_exact(tmp_path):
 @pytest.mark.parametrize(
     "override,exc,needle",
     [
-        ("model.encoder_depth=9", ConfigError, "encoder_depth"),
+        ("align.depth=9", ConfigError, "align.depth"),
         ("data.resolution=30", ConfigError, "divisible"),
         ("train.recipe=nope", ConfigError, "unknown recipe"),
         ("tokenizer.weights=/nonexistent/vae.safetensors", MissingWeightsError, "vae"),
@@ -217,7 +217,7 @@ def test_ldm_takes_its_vae_from_the_latent_cache(tmp_path):
 
     ldm = [*TINY, "train.recipe=ldm", f"data.source={npz}", f"data.latents={cache}", "train.batch_size=4",
            "train.max_steps=1", "tokenizer.stats_images=8", "train.diagnostics_every=0", "train.sample_every=0",
-           "train.report=false", f"train.output_dir={tmp_path / 'runs'}"]
+           "train.html_report=false", f"train.output_dir={tmp_path / 'runs'}"]
     assert main(["train", "--config", "tiny-fmnist", "--no-export", *ldm]) == 0  # no tokenizer.weights
     saved = json.loads((tmp_path / "runs" / "repae-tiny-fmnist" / "config.json").read_text())
     assert saved["tokenizer"]["weights"] == "repae-vae-fmnist"  # the run records the VAE it used

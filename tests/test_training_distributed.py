@@ -9,9 +9,9 @@ import torch
 import torch.multiprocessing as mp
 
 OVERRIDES = [
-    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "tokenizer.stats_images=32", "model.encoder_depth=2",
+    "data.source=embedded", "align.encoders=[repae-vit-t4]", "model.preset=SiT-T/1", "tokenizer.stats_images=32", "align.depth=2",
     "train.batch_size=8", "train.max_steps=2", "train.report_to=none", "train.checkpoint_every=1000",
-    "train.sample_every=1000", "train.resume=false", "loss.disc_weight=0.0",
+    "train.sample_every=1000", "train.resume=false", "lreg.disc_weight=0.0",
 ]
 
 

@@ -431,7 +431,7 @@ def test_missing_vgg_weights_message(tmp_path, monkeypatch):
             build_perceptual("lpips", **kwargs)
         msg = str(err.value)
         assert "\n" not in msg
-        for needle in ("vgg16-397923af.pth", "loss.vgg_weights", "REPAE_VGG16_WEIGHTS", "laplacian"):
+        for needle in ("vgg16-397923af.pth", "lreg.vgg_weights", "REPAE_VGG16_WEIGHTS", "laplacian"):
             assert needle in msg
     with pytest.raises(MissingWeightsError):
         VAERegularizationLoss()  # REPA-E default perceptual="lpips" needs the file
@@ -465,7 +465,7 @@ def test_perceptual_registry_contract(name, vgg_file):
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="loss.perceptual"):
+    with pytest.raises(ConfigError, match="lreg.perceptual"):
         _small_loss(perceptual="dists")
     with pytest.raises(ConfigError, match="kl_weight"):
         _small_loss(kl_weight=-1.0)

@@ -25,7 +25,7 @@ from repae.config import RunConfig, from_dict, load_config, parse_override
 def default_hooks(cfg: RunConfig) -> list:
     """What ``repae train`` runs besides optimisation, in this order: latent-health diagnostics every
     ``train.diagnostics_every`` steps, preview grids every ``train.sample_every`` steps, the end-of-run
-    sample metrics (``train.final_eval_samples``) and the HTML report at the end (``train.report``)."""
+    sample metrics (``train.final_eval_samples``) and the HTML report at the end (``train.html_report``)."""
     from repae.analysis.health import LatentHealthHook
     from repae.analysis.report import ReportHook
     from repae.evaluation.final import FinalSamplesHook
@@ -33,7 +33,7 @@ def default_hooks(cfg: RunConfig) -> list:
 
     hooks = [LatentHealthHook(cfg.train.diagnostics_every), SampleGridHook(cfg.train.sample_every),
              FinalSamplesHook(cfg.train.final_eval_samples)]
-    return hooks + ([ReportHook()] if cfg.train.report else [])
+    return hooks + ([ReportHook()] if cfg.train.html_report else [])
 
 
 @dataclass

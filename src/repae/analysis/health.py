@@ -165,7 +165,7 @@ class LatentHealthHook(TrainHook):
             z_batch = (z - batch_mean[None, :, None, None]) * torch.rsqrt(batch_var + norm.eps)[None, :, None, None]
             encoders = list(trainer.encoders) or ([self.encoder] if self.encoder is not None else [])
             targets = [enc(b["images"]).float() for enc in encoders]  # each [n, N, D_enc]
-            depth = trainer.cfg.model.encoder_depth
+            depth = trainer.cfg.align.depth
             if sit is not None and trainer.encoders and len(getattr(sit, "projectors", [])) == len(targets):
                 targets_n = self._normalized_targets(trainer, targets)
                 for key, zn in (("health/align_cos_vae", z_run), ("health/align_cos_sit", z_batch)):

@@ -64,9 +64,9 @@ class Source:
 
 
 def _read_config(ckpt: Path):
-    from repae.config import from_dict
+    from repae.config import config_from_saved
 
-    return from_dict(json.loads((ckpt / "state.json").read_text())["config"])
+    return config_from_saved(json.loads((ckpt / "state.json").read_text())["config"])
 
 
 def resolve_source(spec: str) -> Source:
@@ -329,7 +329,7 @@ def analyze(sources: list[Source], data: ImageSet, *, device: torch.device, opti
             results.append(entry)
             continue
         cfg = src.config
-        entry.update(recipe=cfg.train.recipe, encoder_depth=cfg.model.encoder_depth, sit=cfg.model.preset)
+        entry.update(recipe=cfg.train.recipe, align_depth=cfg.align.depth, sit=cfg.model.preset)
         ckpts = src.checkpoints if options.checkpoints == "all" else src.checkpoints[-1:]
         fds = find_fd(src.path if src.kind == "run" else src.path.parent.parent)
         steps = []
@@ -349,7 +349,7 @@ def analyze(sources: list[Source], data: ImageSet, *, device: torch.device, opti
                 row["latent_cknna"] = curve.latent_cknna
                 if curve.layers:
                     row["cknna"] = curve.to_dict()
-                    row["cknna_at_depth"] = curve.at(min(cfg.model.encoder_depth, max(curve.layers)))
+                    row["cknna_at_depth"] = curve.at(min(cfg.align.depth, max(curve.layers)))
                     row["cknna_best_layer"], row["cknna_best"] = curve.best()
             fd = fds.get(step, {}).get("fid")
             if fd is None and fd_fn is not None:

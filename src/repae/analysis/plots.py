@@ -232,10 +232,10 @@ def plot_cknna_layers(result: dict, path: Path) -> Path | None:
         curve = r.get("cknna")
         if curve:
             ax.plot(curve["layers"], curve["values"], color=c, marker="o", ms=4, label=f"{r['label']} SiT blocks")
-            d = r.get("encoder_depth")
+            d = r.get("align_depth", r.get("encoder_depth"))  # encoder_depth: analyses before 2026-12-06 (2)
             if d in curve["layers"]:
                 ax.plot([d], [curve["values"][curve["layers"].index(d)]], marker="*", ms=14, color=c, ls="none")
-            data[r["label"]] = {"layers": curve["layers"], "values": curve["values"], "encoder_depth": d}
+            data[r["label"]] = {"layers": curve["layers"], "values": curve["values"], "align_depth": d}
         if r.get("latent_cknna") is not None:
             ax.plot([0], [r["latent_cknna"]], marker="D", ms=7, color=c, ls="none",
                     label=f"{r['label']} VAE latent (x = 0)")

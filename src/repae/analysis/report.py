@@ -360,13 +360,13 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 def build_report(run_dir: str | Path, *, out: str | Path | None = None, analyze_if_missing: bool = True,
                  quick_images: int = 256, draw_samples: bool = True, device: str | torch.device = "cpu") -> Path:
     """Write ``RUN/report.html`` (or ``out``) and return its path. See the module docstring."""
-    from repae.config import from_dict
+    from repae.config import config_from_saved
     from repae.training.checkpoint import latest_checkpoint
 
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise ConfigError(f"'{run}' is not a run folder (no config.json); pass the folder given to repae train")
-    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    cfg = config_from_saved(json.loads((run / "config.json").read_text()))
     device = torch.device(device)
     ckpt = latest_checkpoint(run)
     state = json.loads((ckpt / "state.json").read_text()) if ckpt is not None else {}
@@ -378,7 +378,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, analyze_
     summary = [("run", run.name), ("recipe", cfg.train.recipe), ("SiT", cfg.model.preset),
                ("VAE", cfg.tokenizer.preset), ("data", f"{cfg.data.source} @ {cfg.data.resolution}px"),
                ("alignment encoders", ", ".join(cfg.align.encoders) or "none"),
-               ("alignment depth", cfg.model.encoder_depth), ("batch size", cfg.train.batch_size),
+               ("alignment depth", cfg.align.depth), ("batch size", cfg.train.batch_size),
                ("latest checkpoint", ckpt.name if ckpt else "none"), ("step", state.get("step", last.get("step", 0))),
                ("images seen", state.get("images_seen", "?"))]
     summary += [(k, v) for k, v in sorted(last.items()) if k != "step" and isinstance(v, (int, float))]

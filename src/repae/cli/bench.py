@@ -95,8 +95,8 @@ def _config(args: argparse.Namespace, tmp: Path, extra: list[str]):
     overrides = [f"train.output_dir={tmp}", "train.resume=false", "train.report_to=none", *args.overrides, *extra]
     cfg = load_config(args.config, overrides)
     cfg.align.encoder_weights = []
-    if cfg.loss.perceptual == "lpips" and not cfg.loss.vgg_weights and not getattr(args, "sample", 0):
-        cfg.loss.vgg_weights = _random_vgg(tmp)
+    if cfg.lreg.perceptual == "lpips" and not cfg.lreg.vgg_weights and not getattr(args, "sample", 0):
+        cfg.lreg.vgg_weights = _random_vgg(tmp)
     return cfg
 
 

@@ -13,10 +13,9 @@ accuracy of the trained encoder and of a random encoder of the same shape).
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 import shlex
 import sys
+from pathlib import Path
 
 DEFAULT_OUT = "runs/encoder/repae-vit-t4.safetensors"
 

@@ -86,10 +86,10 @@ def load_discriminator_weights(discriminator: nn.Module, path: str | os.PathLike
     if not path.is_file():
         raise MissingWeightsError(
             f"discriminator checkpoint not found at {path}",
-            "set loss.disc_weights to an existing file "
+            "set lreg.disc_weights to an existing file "
             "or leave it unset to start from random init",
         )
-    fix = "pass a discriminator state dict, or leave loss.disc_weights unset to start from random init"
+    fix = "pass a discriminator state dict, or leave lreg.disc_weights unset to start from random init"
     sd = unwrap_entries(read_weights(path, what="discriminator checkpoint", fix=fix),
                         ("discriminator", "model", "state_dict"))
     if not is_state_dict(sd):

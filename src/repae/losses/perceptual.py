@@ -73,8 +73,8 @@ def _missing_vgg(path: str | os.PathLike | None) -> MissingWeightsError:
     where = f" at {path}" if path is not None else ""
     return MissingWeightsError(
         f"VGG16 ImageNet weights for LPIPS ({VGG16_FILENAME}) not found{where}",
-        f"download {VGG16_URL} and set loss.vgg_weights=PATH (repae evaluate: --lpips-vgg-weights; or env "
-        f"{VGG16_ENV}=PATH), or use loss.perceptual=laplacian which needs no weights",
+        f"download {VGG16_URL} and set lreg.vgg_weights=PATH (repae evaluate: --lpips-vgg-weights; or env "
+        f"{VGG16_ENV}=PATH), or use lreg.perceptual=laplacian which needs no weights",
     )
 
 
@@ -348,5 +348,5 @@ def build_perceptual(
         remap_inputs: LPIPS only; REPA-E's ``2u - 1`` quirk (default ``True``, see :class:`LPIPS`).
     """
     if name not in PERCEPTUAL:
-        raise ConfigError(f"unknown perceptual loss {name!r}; set loss.perceptual to one of {sorted(PERCEPTUAL)}")
+        raise ConfigError(f"unknown perceptual loss {name!r}; set lreg.perceptual to one of {sorted(PERCEPTUAL)}")
     return PERCEPTUAL[name](vgg_weights=vgg_weights, remap_inputs=remap_inputs)

@@ -197,8 +197,8 @@ class VAERegularizationLoss(nn.Module):
                 if self.adaptive_disc_weight and torch.is_grad_enabled():
                     if last_layer is None:
                         raise ConfigError(
-                            "loss.adaptive_disc_weight=true needs the decoder's last layer: pass "
-                            "generator_loss(..., last_layer=<decoder final conv weight>) or set loss.adaptive_disc_weight=false"
+                            "lreg.adaptive_disc_weight=true needs the decoder's last layer: pass "
+                            "generator_loss(..., last_layer=<decoder final conv weight>) or set lreg.adaptive_disc_weight=false"
                         )
                     d_weight = adaptive_weight(rec + perc, gan, last_layer) * self.disc_weight
             else:  # GAN off before disc_start: no discriminator pass at all (spec 4.4 step 3)

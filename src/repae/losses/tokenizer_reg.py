@@ -509,9 +509,9 @@ def validate_tokreg(cfg: RunConfig, recipe) -> None:
                  eq_lowres_prob=tc.eq_lowres_prob, eq_min_scale=tc.eq_min_scale, vf_weight=tc.vf_weight,
                  vf_cos_margin=tc.vf_cos_margin, vf_distmat_margin=tc.vf_distmat_margin,
                  vf_cos_weight=tc.vf_cos_weight, vf_distmat_weight=tc.vf_distmat_weight, vf_pixels=tc.vf_pixels)
-    if tc.ema and cfg.train.recipe != "vae":
-        raise ConfigError(f"tokreg.ema (tokenizer EMA) applies to train.recipe=vae only, not '{cfg.train.recipe}'; "
-                          "set tokreg.ema=false or train.recipe=vae")
+    if cfg.train.vae_ema and cfg.train.recipe != "vae":
+        raise ConfigError(f"train.vae_ema (tokenizer EMA) applies to train.recipe=vae only, not '{cfg.train.recipe}'; "
+                          "set train.vae_ema=false or train.recipe=vae")
     if not is_active(tc):
         return
     if not (recipe.train_vae and recipe.l_reg):
@@ -523,19 +523,19 @@ def validate_tokreg(cfg: RunConfig, recipe) -> None:
     check_grid((side, side), se_factors=tc.se_factors if tc.se_weight > 0 else (),
                eq_scale_den=den if tc.eq_prob > 0 else None)
     # every image a loss term sees must be large enough for the discriminator / LPIPS; the
-    # discriminator phase scores the EQ pair whatever loss.disc_weight is
+    # discriminator phase scores the EQ pair whatever lreg.disc_weight is
     if tc.eq_prob > 0:
         ks = eq_numerators(den, tc.eq_min_scale)
         if not ks:
             raise ConfigError(f"tokreg.eq_min_scale={tc.eq_min_scale} leaves no scale k/{den} < 1; lower it")
         smallest = side * ks[0] // den * f
         _check_side(smallest, "tokreg.eq_min_scale", "raise tokreg.eq_min_scale", gan=True,
-                    lpips=cfg.loss.perceptual == "lpips")
+                    lpips=cfg.lreg.perceptual == "lpips")
     if tc.se_weight > 0:
         smallest = cfg.data.resolution // max(tc.se_factors)
         _check_side(smallest, "tokreg.se_factors", "use smaller tokreg.se_factors or drop gan from tokreg.se_terms",
-                    gan=cfg.loss.disc_weight > 0 and "gan" in tc.se_terms,
-                    lpips=cfg.loss.perceptual == "lpips" and "perceptual" in tc.se_terms)
+                    gan=cfg.lreg.disc_weight > 0 and "gan" in tc.se_terms,
+                    lpips=cfg.lreg.perceptual == "lpips" and "perceptual" in tc.se_terms)
     if tc.vf_weight > 0:
         encoder_spec(tc.vf_encoder)  # unknown name -> ConfigError listing the choices
         matched_encoder_resolution(tc.vf_encoder, side, cfg.data.resolution)

@@ -20,7 +20,7 @@ Choices the text leaves open (ours, stated here): the condition is ``SiLU(z + t_
 (the label reaches the head through ``z``); the head has its own fixed sin-cos position table of width
 W; initialisation as the trunk (xavier Linears, zero adaLN and zero output: the head outputs 0 at
 step 0). In repae the head is ``model.dh_depth`` / ``model.dh_width`` / ``model.dh_heads``; REPA's
-alignment reads a trunk block (``model.encoder_depth``) as before.
+alignment reads a trunk block (``align.depth``) as before.
 """
 
 from __future__ import annotations

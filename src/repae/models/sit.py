@@ -85,7 +85,7 @@ class SiTConfig:
         if not 1 <= self.encoder_depth <= self.depth:
             raise ConfigError(
                 f"encoder_depth={self.encoder_depth} must be between 1 and the SiT depth {self.depth}; "
-                f"set model.encoder_depth to a block index in 1..{self.depth}"
+                f"set align.depth to a block index in 1..{self.depth}"
             )
         if self.hidden_size % self.num_heads != 0 or self.hidden_size % 4 != 0:
             raise ConfigError(

@@ -174,12 +174,12 @@ class Generator:
 
         Live VAE + (EMA) SiT + (EMA) normaliser statistics, exactly as the trainer samples them.
         """
-        from repae.config import from_dict
+        from repae.config import config_from_saved
         from repae.training.builders import build_sit_for, build_tokenizer_arch, time_shift_of
         from repae.training.checkpoint import read_checkpoint
 
         models, _, state = read_checkpoint(path)
-        cfg = from_dict(state["config"])
+        cfg = config_from_saved(state["config"])
         if "sit" not in models:
             raise ConfigError(f"checkpoint '{path}' holds no diffusion model (recipe "
                               f"'{state.get('recipe')}'): sample from a run that trains one")

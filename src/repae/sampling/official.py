@@ -248,7 +248,7 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
     statistics; ``vae_format="official"``, what ``save_vae_weights.py`` writes) or to a diffusers
     ``AutoencoderKL`` folder ``out_dir/{vae_name}-hf/`` (``vae_format="diffusers"``).
     """
-    from repae.config import from_dict
+    from repae.config import config_from_saved
     from repae.interop.vae import diffusers_to_ldm
     from repae.tokenizer.stats import to_scale_bias
     from repae.training.builders import build_sit_for, build_tokenizer_arch
@@ -258,7 +258,7 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
     if vae_format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {vae_format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
     models, _, state = read_checkpoint(run)
-    cfg = from_dict(state["config"])
+    cfg = config_from_saved(state["config"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     step = int(state.get("step", 0))
@@ -290,8 +290,8 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
         args = {
             "model": preset, "vae": cfg.tokenizer.preset, "resolution": cfg.data.resolution,
             "num_classes": cfg.model.num_classes, "cfg_prob": cfg.model.class_dropout_prob,
-            "encoder_depth": cfg.model.encoder_depth, "enc_type": ",".join(cfg.align.encoders) or "None",
-            "proj_coeff": cfg.align.proj_coeff, "vae_align_proj_coeff": cfg.align.vae_align_coeff,
+            "encoder_depth": cfg.align.depth, "enc_type": ",".join(cfg.align.encoders) or "None",
+            "proj_coeff": cfg.align.sit_coeff, "vae_align_proj_coeff": cfg.align.vae_coeff,
             "bn_momentum": cfg.tokenizer.bn_momentum, "qk_norm": cfg.model.qk_norm, "fused_attn": False,
             "path_type": cfg.diffusion.path, "prediction": "v", "weighting": cfg.diffusion.time_sampler,
             "exp_name": out.name, "exported_by": "repae export", "layout": layout,

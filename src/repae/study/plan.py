@@ -29,6 +29,11 @@ dropin-repa         repa            E2E-VAE     all      drop-in, tokenizer ("E2
 counterparts are the ``repa`` and ``vanilla`` rows themselves (a frozen VAE init. with and without
 REPA is exactly those runs), so the drop-in table costs two runs per seed, not four.
 
+``--extra rae`` (issue 23) adds a representation autoencoder beside REPA-E: ``rae-decoder`` trains
+the decoder of the frozen ``repae-vit-t4`` (the settings of preset ``tiny-fmnist-rae``) and exports
+it; ``rae`` trains the study's SiT with RAE's DiT^DH head and dimension-shifted schedule on its
+frozen latents (``tiny-fmnist-rae-sit-dh``), evaluated like every other row.
+
 ``--extra targets`` (issue 21 item 2, REPA's "better encoder, better generation" at laptop scale)
 adds one REPA row per alignment target, each naming its target explicitly (``align.encoders`` and
 ``align.encoder_weights``, applied after ``--set`` so that no override can make two targets equal):
@@ -82,6 +87,14 @@ class Kind:
         return self.tokenizer[4:] if self.tokenizer.startswith("run:") else None
 
 
+#: the RAE rows' tokenizer (preset tiny-fmnist-rae) and generator head / schedule (tiny-fmnist-rae-sit-dh), as
+#: overrides of the study's preset; the decoder row drops the study's VAE weights (its encoder is frozen, its
+#: decoder starts from scratch), the generator row then reads the decoder row's exported RAE folder
+RAE_TOKENIZER: tuple[str, ...] = ("tokenizer.preset=rae", "tokenizer.rae_encoder=repae-vit-t4", "tokenizer.rae_decoder=ViT-T",
+                                  "tokenizer.rae_noise_tau=0.8", "lreg.kl_weight=0.0", "optim.vae_lr=5.0e-4")
+RAE_GENERATOR: tuple[str, ...] = ("model.dh_depth=2", "model.dh_width=384", "model.dh_heads=6",
+                                  "diffusion.time_shift=dimension", "diffusion.time_shift_base=4096")
+
 #: kind -> row, in run order (a drop-in row follows the repa-e run it depends on)
 KINDS: dict[str, Kind] = {
     "vanilla": Kind("vanilla", "SiT (vanilla)", "init", "all", ("main", "dropin")),
@@ -120,6 +133,13 @@ KINDS: dict[str, Kind] = {
                        target="repae-vit-t4"),
     "target-cnn": Kind("repa", "REPA, SimCLR CNN target", "init", "ablation", ("targets",),
                        target="repae-cnn-p4"),
+    # --extra rae: a representation autoencoder (RAE, Zheng et al. 2025; docs/tokenizers.md) beside REPA-E: the
+    # decoder of the frozen repae-vit-t4 (preset tiny-fmnist-rae's settings), then the study's generator with
+    # RAE's DiT^DH head and dimension-shifted schedule (tiny-fmnist-rae-sit-dh) on its frozen latents
+    "rae-decoder": Kind("rae-decoder", "RAE decoder (frozen repae-vit-t4)", "scratch", "ablation", ("rae",),
+                        RAE_TOKENIZER, family=""),
+    "rae": Kind("vanilla", "RAE + SiT DiT^DH (vanilla)", "run:rae-decoder", "ablation", ("rae",),
+                RAE_TOKENIZER + RAE_GENERATOR),
 }
 
 #: the rows of the default study (issue: REPA-E vs baselines, ablations, SiT drop-in)
@@ -130,6 +150,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dit": ("dit", "dit-repa", "dropin-dit", "dropin-dit-repa"),
     "tokreg": ("tok-base", "tok-se", "tok-eq", "tok-vf", "tokreg-base", "tokreg-se", "tokreg-eq", "tokreg-vf"),
     "targets": ("target-random", "target-vit", "target-cnn"),
+    "rae": ("rae-decoder", "rae"),
 }
 #: seed of the random alignment target's init (its weights file is fixed by it: a stable run fingerprint)
 RANDOM_TARGET_SEED = 0
@@ -139,6 +160,7 @@ STEP_COST: dict[str, float] = {  # `repae bench --threads 1 --steps 5 --warmup 1
     # preset fmnist (SiT-XS/1, repae-cnn-p4, bf16), two one-thread benches side by side, 2026-12-06
     "repa-e": 1.25, "vae-scratch": 1.31, "no-normalizer": 1.25, "no-stopgrad": 1.27, "e2e-diffusion": 1.15,
     "no-lreg": 0.74, "repa": 0.55, "vanilla": 0.44, "vae": 0.68,
+    "rae-decoder": 0.68,  # not benched: the vae recipe's cost (ViT-T decoder + PatchGAN, frozen ViT-T encoder)
 }
 #: REPA head width of the small study's runs (0 = the preset's 2048); see build_plan
 SMALL_PROJECTOR = 0  # the preset's head (512 on SiT-XS; the 256 pin of SiT-T's 2048 head is gone)
@@ -192,6 +214,10 @@ class StudyConfig:
         if self.budget == "paper" and any(KINDS[k].target for k in self.kinds):
             raise ConfigError("--extra targets runs at --budget small only (its targets are the 32x32 Fashion-MNIST "
                               "encoders repae-vit-t4 / repae-cnn-p4); drop it from the paper study")
+        if self.budget == "paper" and any(KINDS[k].recipe == "rae-decoder" or KINDS[k].source == "rae-decoder"
+                                          for k in self.kinds):
+            raise ConfigError("--extra rae runs at --budget small only (its encoder is the 32x32 repae-vit-t4); for "
+                              "ImageNet train the presets imagenet-rae-dinov2b then imagenet-rae-dit-dh-xl")
         for text in self.overrides:
             if "=" not in text or "." not in text.split("=", 1)[0]:
                 raise ConfigError(f"--set {text!r} must look like section.key=value (e.g. train.threads=1)")
@@ -249,8 +275,38 @@ class RunSpec:
         keep = [rel(o) for o in keep]
         resolved["tokenizer"]["weights"] = rel(resolved["tokenizer"].get("weights"))
         resolved["align"]["encoder_weights"] = [rel(w) for w in resolved["align"].get("encoder_weights") or []]
-        payload = {"preset": cfg.preset, "overrides": keep, "eval": cfg.settings(), "resolved": resolved}
+        settings = cfg.settings()
+        settings["overrides"] = [_override_before_renames(o) for o in settings["overrides"]]
+        payload = {"preset": cfg.preset, "overrides": [_override_before_renames(o) for o in keep], "eval": settings,
+                   "resolved": _config_before_renames(resolved)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# A fingerprint hashes the config under the key names it had before the renames of CHANGELOG.md
+# 2026-12-06 (2) (repae.config.RENAMED): a rename changes no setting, so it leaves finished runs valid.
+def _old_name(dotted: str) -> str:
+    from repae.config import RENAMED, RENAMED_SECTIONS
+
+    back = {new: old for old, new in RENAMED.items()}
+    if dotted in back:
+        return back[dotted]
+    section, _, rest = dotted.partition(".")
+    sections = {new: old for old, new in RENAMED_SECTIONS.items()}
+    return f"{sections[section]}.{rest}" if section in sections else dotted
+
+
+def _override_before_renames(text: str) -> str:
+    name, eq, value = text.partition("=")
+    return f"{_old_name(name.strip())}{eq}{value}" if eq else text
+
+
+def _config_before_renames(resolved: dict) -> dict:
+    out: dict = {}
+    for section, values in resolved.items():
+        for name, value in values.items():
+            old_section, old_name = _old_name(f"{section}.{name}").split(".", 1)
+            out.setdefault(old_section, {})[old_name] = value
+    return out
 
 
 @dataclass
@@ -338,7 +394,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
         # head was ~85 % of a CPU REPA step (docs/study.md)
         common += [f"model.projector_dim={SMALL_PROJECTOR}"] if SMALL_PROJECTOR else []
         common += ["train.keep_checkpoints=1", "train.sample_every=0", "train.diagnostics_every=0",
-                   "train.report=false", "train.report_to=none", "train.resume=true",
+                   "train.html_report=false", "train.report_to=none", "train.resume=true",
                    "train.final_eval_samples=0"]  # the study evaluates every run itself
     else:  # every checkpoint is kept: FD vs step evaluates each one
         common += ["train.keep_checkpoints=0"]
@@ -354,6 +410,8 @@ def build_plan(cfg: StudyConfig) -> Plan:
                 tok = [f"tokenizer.weights={cfg.tokenizer}"]
             elif depends:
                 tok = [f"tokenizer.weights={out / 'runs' / depends / 'e2e-vae'}"]
+            elif kind.recipe == "rae-decoder":
+                tok = ["tokenizer.weights=null"]  # frozen encoder by name; the decoder starts from scratch
             else:
                 tok = []  # vae-scratch ignores tokenizer.weights; the normaliser starts from data statistics
             overrides = (*common, f"train.recipe={kind.recipe}", f"train.seed={seed}", f"train.exp_name={name}",

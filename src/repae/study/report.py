@@ -11,7 +11,8 @@ Contents, from the finished runs only (:func:`repae.study.measure.collect_run`):
    the component ablation (paper Table 6), the naive end-to-end table (sec. 3.1), the drop-in
    tokenizer table ("The impact of end-to-end tuning", sec. 4.3) and the tokenizer table (rFID);
    with ``--extra targets`` the "REPA gain against target quality" table (each alignment target's
-   linear-probe accuracy from :mod:`repae.study.targets` beside its FD);
+   linear-probe accuracy from :mod:`repae.study.targets` beside its FD); with ``--extra rae`` the RAE
+   row (frozen-encoder tokenizer + DiT^DH generator) beside REPA-E's rows;
    every cell is the mean over seeds ``± sample standard deviation`` when there are several;
 4. FD vs step of every row on one axis, and the latent PCA views of every row side by side; with
    ``--extra targets``, final FD against the target's probe accuracy (``figures/fd-vs-probe.png``).
@@ -201,6 +202,23 @@ def build_tables(plan: Plan, results: dict[str, dict | None], probes: dict | Non
                              note="gFID etc.: a fresh vanilla SiT trained on the frozen tokenizer; rFID / PSNR / SSIM "
                              f"on {cfg.recon_data}; weights: SE 0.25, EQ p=0.5 (scales >= 0.75), VF 0.1 "
                              "(the docs' settings)"))
+    # 9. RAE beside REPA-E (--extra rae): latent space against latent space, same data, budget and evaluation
+    if "rae" in kinds or "rae-decoder" in kinds:
+        spec = [("vanilla", "VAE init. (KL-VAE f4d4)", "SiT (vanilla)"),
+                ("repa-e", "E2E-VAE (REPA-E, end-to-end)", "SiT + REPA (end-to-end)"),
+                ("dropin-repa", "E2E-VAE (REPA-E, frozen)", "SiT + REPA"),
+                ("rae", "RAE (frozen repae-vit-t4 + ViT-T decoder)", "SiT + DiT^DH head, dimension shift")]
+        keys = ["rfid", "psnr", "latent_image_variance_fraction", "fid", "sfid", "class_accuracy"]
+        rows = [{"cells": [tok, gen, n(k), *cells(k, keys)]} for k, tok, gen in spec if k in kinds]
+        tables.append(_table("rae", "RAE beside REPA-E", "RAE (Zheng et al. 2025): a frozen representation encoder "
+                             "as the tokenizer, only a decoder trained (ImageNet: RAE DiT^DH-XL 1.51 gFID without "
+                             "guidance; REPA-E + E2E-VAE 1.12 with it)",
+                             ["Tokenizer", "Generator", "seeds", "rFID↓", "PSNR↑", "IV / SV", "gFID↓", "sFID↓",
+                              "class acc.↑"], rows,
+                             note=f"RAE decoder trained {cfg.steps} steps (recipe rae-decoder, L1 + Laplacian "
+                             "perceptual + PatchGAN, latent noise sigma ~ U(0, 0.8)), then a fresh SiT of the "
+                             "study's size with a 2-block 384-wide DiT^DH head on its frozen [192, 8, 8] latents; "
+                             f"rFID / PSNR on {cfg.recon_data}; all generators sampled alike (no CFG)"))
     # 8. REPA gain against the alignment target's linear-probe accuracy (--extra targets)
     if target_kinds(plan):
         tables.append(_targets_table(plan, results, probes, values, n))

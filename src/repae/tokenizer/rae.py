@@ -8,7 +8,7 @@ them back to pixels::
     z = tokens(x)          [B, N, D] -> [B, D, h, w], h = w = sqrt(N)   (no posterior, no KL)
     x_hat = Dec(z + n)     n ~ N(0, sigma^2 I), sigma ~ U(0, tau) per image, only in decoder training
 
-The decoder is trained with L1 + perceptual + GAN (repae's L_REG with ``loss.kl_weight=0``; recipe
+The decoder is trained with L1 + perceptual + GAN (repae's L_REG with ``lreg.kl_weight=0``; recipe
 ``rae-decoder``) and with RAE's *noise-augmented decoding*: Gaussian noise of a random std is added to
 the latent before decoding, so the decoder also maps the slightly-off latents a diffusion model makes
 to clean images. We draw ``sigma ~ U(0, tau)`` per image, as RAE's released code and diffusers'

@@ -9,7 +9,7 @@ the alignment encoders are built randomly initialised and LPIPS gets a random VG
 Example (the issue-4 reference configuration)::
 
     repae bench --config tiny-fmnist model.preset=SiT-B/2 tokenizer.preset=f8d4 data.resolution=256 \\
-        align.encoders=[dinov2-vit-b] loss.perceptual=lpips train.batch_size=2 --threads 2 --steps 5
+        align.encoders=[dinov2-vit-b] lreg.perceptual=lpips train.batch_size=2 --threads 2 --steps 5
 
 ``profile=True`` profiles one extra step after the timed ones (:func:`profile_step`: top ops by
 self time, device-to-host syncs, and torch.compile graph breaks), so it never changes

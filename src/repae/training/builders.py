@@ -46,12 +46,12 @@ def validate_config(cfg: RunConfig) -> Recipe:
             f"{vae_cfg.downsample_factor} x {patch}; pick a resolution that is a multiple of {factor}"
         )
     needs_align = recipe.sit_align or recipe.vae_align
-    if recipe.build_sit:  # encoder_depth, patch and label-dropout checks live in the model's config
+    if recipe.build_sit:  # align.depth (its encoder_depth), patch and label-dropout checks live in the model's config
         from repae.models import model_config
 
         mc = model_config(cfg.model.preset, input_size=cfg.data.resolution // vae_cfg.downsample_factor,
                           in_channels=vae_cfg.latent_channels, num_classes=cfg.model.num_classes,
-                          encoder_depth=cfg.model.encoder_depth, class_dropout_prob=cfg.model.class_dropout_prob,
+                          encoder_depth=cfg.align.depth, class_dropout_prob=cfg.model.class_dropout_prob,
                           **head_kwargs(cfg))
         check_generator_width(cfg, mc)
         time_shift_of(cfg, mc)  # a bad diffusion.time_shift, or one on a DDPM model: one line
@@ -164,7 +164,7 @@ def build_sit_for(cfg: RunConfig, tokenizer, *, z_dims: tuple[int, ...]):
         in_channels=channels,
         num_classes=cfg.model.num_classes,
         z_dims=z_dims,
-        encoder_depth=cfg.model.encoder_depth,
+        encoder_depth=cfg.align.depth,
         class_dropout_prob=cfg.model.class_dropout_prob,
         qk_norm=cfg.model.qk_norm,
         learn_pos_embed=cfg.model.learn_pos_embed,

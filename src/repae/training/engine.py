@@ -99,7 +99,24 @@ def setup_distributed(mixed_precision: str = "no", *, device: str | None = None,
         from repae.errors import ConfigError
 
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{mixed_precision}'")
+    if mixed_precision == "fp16" and dev.type == "cpu" and not cpu_has_native_fp16() and rank == 0:
+        logging.getLogger("repae.train").warning(
+            "train.mixed_precision=fp16 on a CPU without AVX512-FP16 / AMX-FP16: convolutions run ~60x slower than "
+            "fp32 here (measured on an AMD EPYC with AVX512-BF16); use train.mixed_precision=bf16 (or no) on this CPU")
     return Engine(rank=rank, world_size=world, local_rank=local_rank, device=dev, mixed_precision=mixed_precision)
+
+
+def cpu_has_native_fp16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes fp16 natively (x86 ``avx512_fp16`` / ``amx_fp16`` flags, or any ARM CPU with
+    ``fphp``/``asimdhp``). Without it, oneDNN's fp16 convolution takes a reference path: one 3x3 conv at
+    64 channels, 32x32, batch 64 took 4.68 s in fp16 against 0.069 s in fp32 (1 thread, 2026-12-06).
+    Unknown (no cpuinfo file) counts as native, so no warning is given on a guess."""
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return True
+    flags = set(text.split())
+    return bool(flags & {"avx512_fp16", "amx_fp16", "fphp", "asimdhp"})
 
 
 def abort_distributed(err: BaseException) -> None:

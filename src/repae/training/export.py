@@ -2,7 +2,7 @@
 
 The statistics come from the EMA normaliser (spec-repae.md 7.1: bias = EMA running mean,
 scale = 1/sqrt(EMA running var)); the VAE weights are the live ones (REPA-E keeps no VAE EMA),
-except for a `vae`-recipe run with ``tokreg.ema=true``, whose EMA tokenizer is exported. A VF
+except for a `vae`-recipe run with ``train.vae_ema=true``, whose EMA tokenizer is exported. A VF
 projection (VA-VAE, ``tokreg.vf_weight > 0``) is written next to it as ``tokreg.safetensors``.
 
 The output folder loads with ``Tokenizer.from_pretrained`` and with the VAE's own diffusers class
@@ -19,12 +19,12 @@ NOTE_NAME = "REPAE_EXPORT.md"
 
 
 def export_vae(run_or_checkpoint: str | Path, out_dir: str | Path, *, ema_stats: bool = True) -> Path:
-    from repae.config import from_dict
+    from repae.config import config_from_saved
     from repae.training.builders import build_tokenizer_arch
     from repae.training.checkpoint import read_checkpoint
 
     models, _, state = read_checkpoint(run_or_checkpoint)
-    cfg = from_dict(state["config"])
+    cfg = config_from_saved(state["config"])
     tok = build_tokenizer_arch(cfg)
     ema_vae = ema_stats and state.get("recipe") == "vae" and "ema.model" in models  # tokenizer EMA
     tok.vae.load_state_dict(models["ema.model" if ema_vae else "vae"])

@@ -162,9 +162,9 @@ class PhaseContext:
     objective: object  # FlowMatching (SiT, LightningDiT) or DDPMObjective (DiT): draw + batch_loss
     lreg: nn.Module | None  # VAERegularizationLoss (unwrapped)
     disc_loss: nn.Module | None  # DiscriminatorLoss, possibly DDP-wrapped
-    encoder_depth: int
-    proj_coeff: float
-    vae_align_coeff: float
+    align_depth: int  # align.depth
+    sit_coeff: float  # align.sit_coeff (lambda_g)
+    vae_coeff: float  # align.vae_coeff (lambda_v)
     tokreg: TokenizerRegularizer | None = None  # unwrapped; None when all regularisers are off
     vf_encoder: nn.Module | None = None  # frozen foundation model of the VF loss
     frozen_sit: Callable = frozen_projections  # (sit, x_t, t, y, depth) -> projections; compiled with train.compile
@@ -205,9 +205,9 @@ def vae_phase(ctx: PhaseContext, images, labels, targets, rnd: StepRandomness, s
     if ctx.recipe.vae_align:
         z_n = ctx.tokenizer.normalizer.normalize(z, update=False)  # running statistics, no update
         noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
-        projections = ctx.frozen_sit(ctx.sit_unwrapped, noised.x_t, noised.t, labels, ctx.encoder_depth)
+        projections = ctx.frozen_sit(ctx.sit_unwrapped, noised.x_t, noised.t, labels, ctx.align_depth)
         align = repa_loss(projections, targets)
-        loss = loss + ctx.vae_align_coeff * align
+        loss = loss + ctx.vae_coeff * align
         metrics["vae_align_loss"] = align.detach()
     metrics["vae_loss"] = loss.detach()
     return VAEPhaseOutput(loss=loss, metrics=metrics, z=z, recon=recon, target=fwd.target)
@@ -246,14 +246,14 @@ def sit_phase(ctx: PhaseContext, z: torch.Tensor, labels, targets, rnd: StepRand
     z_n = ctx.tokenizer.normalizer.normalize(z_in, update=ctx.recipe.update_normalizer)  # [b, C, h, w]
     noised = ctx.objective.draw(z_n, t=rnd.t, noise=rnd.noise)
     y = ctx.sit_unwrapped.sit.drop_labels(labels, mask=rnd.drop)  # CFG label dropout [b]
-    depth = ctx.encoder_depth if ctx.recipe.sit_align else None
+    depth = ctx.align_depth if ctx.recipe.sit_align else None
     prediction, projections = ctx.sit(noised.x_t, noised.t, y, align_depth=depth)
     denoising = ctx.objective.batch_loss(prediction, noised).mean()
     loss = denoising
     metrics = {"denoising_loss": denoising.detach()}
     if ctx.recipe.sit_align:
         proj = repa_loss(projections, targets)
-        loss = loss + ctx.proj_coeff * proj
+        loss = loss + ctx.sit_coeff * proj
         metrics["proj_loss"] = proj.detach()
     metrics["sit_loss"] = loss.detach()
     return PhaseOutput(loss=loss, metrics=metrics)

@@ -51,9 +51,9 @@ def validate_rae(cfg: RunConfig, recipe: Recipe) -> None:
     if name != "rae-decoder" and name not in RAE_GENERATOR_RECIPES:
         raise ConfigError(f"train.recipe={name} cannot train an RAE (its encoder is frozen): use rae-decoder for its "
                           f"decoder, or {', '.join(RAE_GENERATOR_RECIPES)} for a generator on its latents")
-    if recipe.l_reg and cfg.loss.kl_weight != 0:
-        raise ConfigError(f"loss.kl_weight={cfg.loss.kl_weight}: an RAE latent has no posterior to regularise; "
-                          "set loss.kl_weight=0")
+    if recipe.l_reg and cfg.lreg.kl_weight != 0:
+        raise ConfigError(f"lreg.kl_weight={cfg.lreg.kl_weight}: an RAE latent has no posterior to regularise; "
+                          "set lreg.kl_weight=0")
     if cfg.train.vae_checkpointing:
         raise ConfigError("train.vae_checkpointing=true: the RAE decoder has no gradient checkpointing here; "
                           "set train.vae_checkpointing=false")

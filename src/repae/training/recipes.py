@@ -27,7 +27,7 @@ alignment pass through a frozen SiT. "vae" builds no SiT: it trains or fine-tune
 alone (from ``tokenizer.weights``, or from scratch when unset) with L_REG plus any of the SE /
 EQ-VAE / VF regularisers (``tokreg.*``, docs/tokenizer-regularisers.md). "rae-decoder" trains the
 ViT decoder of a representation autoencoder (``tokenizer.preset=rae``, RAE, Zheng et al. 2025) on its
-FROZEN encoder with L1 + perceptual + GAN (L_REG with ``loss.kl_weight=0``) and noise-augmented
+FROZEN encoder with L1 + perceptual + GAN (L_REG with ``lreg.kl_weight=0``) and noise-augmented
 latents; its latent statistics are computed once from clean latents and never move (the encoder does
 not change). A generator trains on an RAE's latents with ``ldm``, ``repa`` or ``vanilla`` (tokenizer
 frozen); the recipes that train the VAE end to end do not apply to an RAE (its encoder is frozen).

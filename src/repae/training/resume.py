@@ -21,6 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from repae.config import ARCH as _ARCH
+from repae.config import HARMLESS as _HARMLESS
+from repae.config import OVERRIDDEN as _OVERRIDDEN
+from repae.config import migrate_config_dict, resume_keys
 from repae.training.checkpoint import (
     CheckpointError,
     check_free_space,
@@ -32,18 +36,14 @@ from repae.utils.io import truncate_jsonl
 
 log = logging.getLogger("repae.checkpoint")
 
+# The three tables come from each key's ``resume`` fact in repae.config (:func:`repae.config.key`).
 # Settings a checkpoint restores over the config (the optimizers' param_groups).
-OVERRIDDEN = ("optim.lr", "optim.vae_lr", "optim.disc_lr", "optim.betas", "optim.weight_decay", "optim.eps")
-# Settings that fix tensor shapes: resuming with another value cannot load the weights.
-ARCHITECTURE = ("data.resolution", "tokenizer.preset", "model.preset", "model.num_classes", "model.qk_norm",
-                "model.learn_pos_embed", "model.projector_dim", "align.encoders", "align.projector", "train.recipe",
-                "tokenizer.arch")  # a dict (preset=auto): any of its fields
+OVERRIDDEN = resume_keys(_OVERRIDDEN)
+# Settings that fix tensor shapes: resuming with another value cannot load the weights (a dict such as
+# tokenizer.arch: any of its fields).
+ARCHITECTURE = resume_keys(_ARCH)
 # Settings that change nothing about the trained weights.
-HARMLESS = ("train.max_steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
-            "train.keep_checkpoints", "train.resume", "train.threads", "train.report_to", "train.output_dir",
-            "train.exp_name", "train.compile", "train.vae_checkpointing", "train.allow_tf32",
-            "train.max_nonfinite_skips", "train.dist_timeout_min", "train.final_eval_samples", "train.report", "train.diagnostics_every",
-            "data.num_workers", "sample.")
+HARMLESS = resume_keys(_HARMLESS)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -65,8 +65,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (checkpoint value, config value)}`` for every setting that differs."""
-    old, new = _flat(saved), _flat(current)
+    """``{dotted key: (checkpoint value, config value)}`` for every setting that differs (a config saved
+    before a key was renamed is compared under the new names: :func:`repae.config.migrate_config_dict`)."""
+    old, new = _flat(migrate_config_dict(saved)), _flat(current)
     return {k: (old.get(k), v) for k, v in new.items() if k in old and not _same(old[k], v)}
 
 

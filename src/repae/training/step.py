@@ -82,11 +82,11 @@ def repae_step(ctx: PhaseContext, micro: list[MicroBatch], tools: StepTools, ste
     (Sec. 3) with a stop-gradient on the diffusion loss; each term reaches only these parameters
     (routed by detaches and detached weights, never by ``requires_grad`` toggles):
 
-    * VAE (+ VF projection): ``L_REG + 1.5 * REPA`` (``align.vae_align_coeff``; + SE / VF terms).
+    * VAE (+ VF projection): ``L_REG + 1.5 * REPA`` (``align.vae_coeff``; + SE / VF terms).
       The REPA term goes through the SiT called on detached weights (``phases.frozen_call``) and
       the normaliser's running statistics, so it reaches the latent ``z`` and the VAE, never the SiT.
     * Discriminator: hinge loss on the detached reconstructions of this forward.
-    * SiT (+ projectors): flow matching ``+ 0.5 * REPA`` (``align.proj_coeff``) on ``z.detach()``
+    * SiT (+ projectors): flow matching ``+ 0.5 * REPA`` (``align.sit_coeff``) on ``z.detach()``
       — the stop-gradient: the diffusion loss never reaches the VAE. The normaliser updates its
       batch statistics here.
 

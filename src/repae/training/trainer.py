@@ -143,7 +143,7 @@ class Trainer:
         if recipe.l_reg:
             from repae.losses.regularization import VAERegularizationLoss
 
-            lc = cfg.loss
+            lc = cfg.lreg
             self.lreg = VAERegularizationLoss(
                 reconstruction_weight=lc.reconstruction_weight, perceptual=lc.perceptual,
                 perceptual_weight=lc.perceptual_weight, kl_weight=lc.kl_weight, disc_weight=lc.disc_weight,
@@ -166,18 +166,19 @@ class Trainer:
             # NHWC weights make every conv of these nets run NHWC (oneDNN / cuDNN pick the layout from
             # the weight); the values are the same up to summation order, checkpoints are saved
             # contiguous (standard layout) and load back into either layout
+            # (a VAE with 3-D convolutions, e.g. Qwen-Image's, has 5-D weights that have no NHWC layout: left as is)
             for net in (self.tokenizer.vae, self.lreg):
-                if net is not None:
+                if net is not None and not any(isinstance(m, torch.nn.Conv3d) for m in net.modules()):
                     net.to(memory_format=torch.channels_last)
 
     def _build_engine_parts(self) -> None:
         """EMA, DDP wrappers, compile, optimizers, the non-finite guard and the phase context."""
         cfg, recipe = self.cfg, self.recipe
         self.aligned = phases.AlignedSiT(self.sit) if self.sit is not None else None
-        # the EMA follows the SiT; in the tokenizer-only recipe the VAE (tokreg.ema) or nothing
+        # the EMA follows the SiT; in the tokenizer-only recipe the VAE (train.vae_ema) or nothing
         # (only the normaliser statistics, which export-vae reads)
         ema_model = self.sit if self.sit is not None else (
-            self.tokenizer.vae if cfg.tokreg.ema else torch.nn.Module())
+            self.tokenizer.vae if cfg.train.vae_ema else torch.nn.Module())
         self.ema = EMA(model=ema_model, normalizer=self.tokenizer.normalizer, decay=cfg.optim.ema_decay)
         wrap = self.engine.wrap
         self.sit_ddp = wrap(self.aligned) if self.aligned is not None else None
@@ -214,8 +215,8 @@ class Trainer:
         self.ctx = phases.PhaseContext(
             recipe=recipe, tokenizer=self.tokenizer, vae_forward=self.vae_ddp, sit=self.sit_ddp,
             sit_unwrapped=self.aligned, objective=self.objective, lreg=self.lreg, disc_loss=self.disc_ddp,
-            encoder_depth=cfg.model.encoder_depth, proj_coeff=cfg.align.proj_coeff,
-            vae_align_coeff=cfg.align.vae_align_coeff, tokreg=self.tokreg, vf_encoder=self.vf_encoder,
+            align_depth=cfg.align.depth, sit_coeff=cfg.align.sit_coeff,
+            vae_coeff=cfg.align.vae_coeff, tokreg=self.tokreg, vf_encoder=self.vf_encoder,
         )
         if cfg.train.compile:  # the pass outside the DDP-wrapped modules: the frozen SiT
             # (the perceptual net stays eager: compiling it measured no gain on the CPU reference
