@@ -126,7 +126,7 @@ class VAERegularizationLoss(nn.Module):
         )
         for name, value in weights.items():
             if value < 0:
-                raise ConfigError(f"loss.{name} must be >= 0, got {value}")
+                raise ConfigError(f"lreg.{name} must be >= 0, got {value}; set it to 0 or more")
         self.reconstruction_weight = reconstruction_weight
         self.perceptual_weight = perceptual_weight
         self.kl_weight = kl_weight
