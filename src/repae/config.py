@@ -337,6 +337,27 @@ RENAMED: dict[str, str] = {
 #: old section -> new section, every key inside unchanged
 RENAMED_SECTIONS: dict[str, str] = {"loss": "lreg"}  # only the VAE's L_REG
 
+# --- keys added after the first studies ----------------------------------------------------------
+#: dotted key (current name) -> the value at which the key changes nothing, i.e. what every run did
+#: before the key existed. A study run's fingerprint (repae.study.plan) leaves a key out while it
+#: has this value, so adding a switch whose default is neutral keeps an older study's finished runs
+#: valid, and setting it to anything else still makes them stale. A key added to RunConfig must be
+#: listed here (tests/test_study_fingerprint.py fails otherwise).
+ADDED: dict[str, Any] = {
+    "diffusion.time_shift": "none",  # RAE's dimension-dependent schedule shift: off
+    "diffusion.time_shift_base": 4096,  # read only when time_shift=dimension
+    "model.check_width": True,  # a check that refuses a too-narrow generator; changes no number
+    "model.dh_depth": 0,  # no DiT-DH head
+    "model.dh_heads": 16,  # read only when dh_depth > 0
+    "model.dh_width": 2048,  # read only when dh_depth > 0
+    "tokenizer.arch": None,  # filled in only for tokenizer.preset=auto / rae
+    "tokenizer.rae_decoder": "ViT-T",  # read only when tokenizer.preset=rae
+    "tokenizer.rae_encoder": "repae-vit-t4",
+    "tokenizer.rae_encoder_weights": None,
+    "tokenizer.rae_noise_tau": 0.8,
+    "train.dist_timeout_min": 10.0,  # collective timeout: changes no trained value
+}
+
 
 def _renamed(dotted: str) -> str | None:
     """The key that replaced ``dotted`` (``section.key``), or None when it was not renamed."""

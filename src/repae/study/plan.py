@@ -258,7 +258,17 @@ class RunSpec:
 
         It includes the *resolved* run config, not only the preset's name: editing the preset file
         (e.g. a new default encoder) makes every finished run of an older study stale instead of
-        silently mixing settings in one report."""
+        silently mixing settings in one report. Keys added to the config since the first studies
+        are left out while they hold their neutral value (:data:`repae.config.ADDED`), so a new
+        switch that is off by default keeps an older study's finished runs valid."""
+        return self._hash(cfg, neutral_added=False)
+
+    def fingerprints(self, cfg: StudyConfig) -> tuple[str, str]:
+        """Every fingerprint a finished run of these settings may carry: :meth:`fingerprint`, then the
+        form of 2026-12-06 13:26 to 16:00 UTC, which hashed the neutral added keys too (the RAE rows)."""
+        return self.fingerprint(cfg), self._hash(cfg, neutral_added=True)
+
+    def _hash(self, cfg: StudyConfig, *, neutral_added: bool) -> str:
         from repae.config import load_config
 
         keep = [o for o in self.overrides if not o.startswith(("train.output_dir=", "train.threads="))]
@@ -275,6 +285,8 @@ class RunSpec:
         keep = [rel(o) for o in keep]
         resolved["tokenizer"]["weights"] = rel(resolved["tokenizer"].get("weights"))
         resolved["align"]["encoder_weights"] = [rel(w) for w in resolved["align"].get("encoder_weights") or []]
+        if not neutral_added:
+            resolved = _without_neutral_added_keys(resolved)
         settings = cfg.settings()
         settings["overrides"] = [_override_before_renames(o) for o in settings["overrides"]]
         payload = {"preset": cfg.preset, "overrides": [_override_before_renames(o) for o in keep], "eval": settings,
@@ -298,6 +310,18 @@ def _old_name(dotted: str) -> str:
 def _override_before_renames(text: str) -> str:
     name, eq, value = text.partition("=")
     return f"{_old_name(name.strip())}{eq}{value}" if eq else text
+
+
+def _without_neutral_added_keys(resolved: dict) -> dict:
+    """``resolved`` without the keys of :data:`repae.config.ADDED` that hold their neutral value."""
+    from repae.config import ADDED
+
+    out = {section: dict(values) for section, values in resolved.items()}
+    for dotted, neutral in ADDED.items():
+        section, name = dotted.split(".", 1)
+        if section in out and name in out[section] and out[section][name] == neutral:
+            del out[section][name]
+    return out
 
 
 def _config_before_renames(resolved: dict) -> dict:

@@ -40,17 +40,20 @@ from repae.utils.io import write_json
 
 def is_done(spec: RunSpec, cfg: StudyConfig) -> bool:
     done = read_json(spec.run_dir(cfg.out) / "study" / "done.json")
-    return isinstance(done, dict) and done.get("fingerprint") == spec.fingerprint(cfg)
+    return isinstance(done, dict) and done.get("fingerprint") in spec.fingerprints(cfg)
 
 
 def check_fingerprint(spec: RunSpec, cfg: StudyConfig) -> None:
     """A run folder made with other settings is an error (one line naming the fix)."""
     marker = read_json(spec.run_dir(cfg.out) / "study" / "run.json")
-    if isinstance(marker, dict) and marker.get("fingerprint") != spec.fingerprint(cfg):
-        old = marker.get("settings", {})
+    if isinstance(marker, dict) and marker.get("fingerprint") not in spec.fingerprints(cfg):
+        from repae.config import _renamed
+
+        old = {(_renamed(k) or k): v for k, v in marker.get("settings", {}).items()}  # keys under today's names
         new = _run_settings(spec, cfg)
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        raise ConfigError(f"{spec.run_dir(cfg.out)} was made with other settings ({'; '.join(diff[:3]) or 'changed'}): "
+        what = "; ".join(diff[:3]) or f"the resolved preset {cfg.preset!r} changed (a default or a new key)"
+        raise ConfigError(f"{spec.run_dir(cfg.out)} was made with other settings ({what}): "
                           f"pass another --out or delete that run folder")
 
 
