@@ -371,6 +371,27 @@ def test_trainer_does_not_import_sampling_or_cli():
     assert "repae.sampling" not in src and "repae.cli" not in src
 
 
+def test_no_two_modules_of_a_package_import_each_other():
+    """Module-level imports (``TYPE_CHECKING`` blocks included) form no two-module cycle inside a
+    package: e.g. the encoder registry and the timm loader share ``repae.encoders.spec`` instead."""
+    mods = {".".join(("repae", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__"): p
+            for p in SRC.rglob("*.py")}
+
+    def module_level_deps(path: Path) -> set[str]:
+        out = set()
+        for node in ast.parse(path.read_text()).body:
+            for imp in (ast.walk(node) if isinstance(node, ast.If) else [node]):
+                if isinstance(imp, ast.ImportFrom) and imp.module and imp.module.startswith("repae"):
+                    # `from repae.pkg import module` depends on that module, not on the package
+                    out |= {f"{imp.module}.{a.name}" if f"{imp.module}.{a.name}" in mods else imp.module for a in imp.names}
+        return out
+
+    graph = {m: module_level_deps(p) - {m} for m, p in mods.items()}
+    cycles = sorted({tuple(sorted((a, b))) for a, deps in graph.items() for b in deps
+                     if a in graph.get(b, ()) and a.split(".")[:2] == b.split(".")[:2]})
+    assert not cycles, f"modules that import each other: {cycles}"
+
+
 def test_presets_extend_and_every_preset_loads(tmp_path):
     from repae.config import available_presets
 

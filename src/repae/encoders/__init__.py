@@ -13,7 +13,6 @@ project's own ``repae-vit-t4``. Weights always come from local files::
 from repae.encoders.base import PixelPipeline, RepresentationEncoder, preprocess_pixels
 from repae.encoders.registry import (
     ENCODERS,
-    EncoderSpec,
     available_encoders,
     build_encoder,
     encoder_spec,
@@ -23,7 +22,8 @@ from repae.encoders.registry import (
     repae_vit_t4_model,
     resolve_weights,
 )
-from repae.encoders.vit_timm import LoadReport, TimmViTEncoder
+from repae.encoders.spec import EncoderSpec, LoadReport
+from repae.encoders.vit_timm import TimmViTEncoder
 
 load = load_encoder  # short alias: repae.encoders.load("dinov2-vit-b", weights=...)
 

@@ -92,7 +92,7 @@ class ConvTokenEncoder(RepresentationEncoder):
 
 def load_convnet_weights(enc: ConvTokenEncoder, spec, path: str):
     """Strictly load a safetensors / ``weights_only`` state dict into ``enc.model`` (never unpickles code)."""
-    from repae.encoders.vit_timm import LoadReport
+    from repae.encoders.spec import LoadReport
     from repae.interop.io import check_state_dict
     from repae.interop.timm_vit import read_checkpoint, unwrap
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ from torch import nn
 
 from repae.encoders.base import CLIP_MEAN, CLIP_STD, PixelPipeline, RepresentationEncoder
 from repae.encoders.convnet import ConvTokenEncoder, build_cnn_p4, load_convnet_weights
-from repae.encoders.vit_timm import LoadReport, TimmViTEncoder, build_timm_vit, load_timm_weights
+from repae.encoders.spec import EncoderSpec, LoadReport
+from repae.encoders.vit_timm import TimmViTEncoder, build_timm_vit, load_timm_weights
 from repae.errors import ConfigError, MissingWeightsError
 from repae.interop import timm_vit as ck
 
@@ -69,49 +69,6 @@ PIX_UNIT = PixelPipeline(mean=None, std=None, order="resize_normalize", antialia
 # Spec
 # ---------------------------------------------------------------------------------------------
 
-Builder = Callable[..., RepresentationEncoder]
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """One registry row. Everything here is known without weights."""
-
-    name: str  # canonical name, e.g. "dinov2-vit-b"
-    family: str  # dinov2 | dinov1 | mocov3 | clip | mae | jepa | random | repae
-    embed_dim: int  # token width D
-    patch_size: int  # in model-input pixels
-    input_size: Callable[[int], int]  # image resolution -> model input side
-    pixels: PixelPipeline  # preprocessing constants and order
-    builder: Builder  # (spec, *, resolution, device, arch_overrides, **options) -> encoder
-    timm_arch: str | None = None  # timm.create_model name (None: VisionTransformer(**timm_kwargs))
-    timm_kwargs: dict = field(default_factory=dict)  # overrides on top of the timm arch
-    final_norm: bool = True  # token policy: apply the final LayerNorm?
-    resolutions: tuple[int, ...] | None = (256,)  # allowed --resolution values (None: any)
-    needs_weights: bool = True  # False only for `random`
-    formats: tuple[str, ...] = ("timm",)  # accepted checkpoint layouts (docs + error hint)
-    checkpoint_entries: tuple[str, ...] = ("state_dict", "model")  # training-checkpoint wrappers
-    converter: ck.Converter = ck.convert_timm  # official layout -> timm keys
-    drop_prefixes: tuple[str, ...] = ("head.",)  # keys removed on purpose before the strict load
-    weights_file: str = "weights.pth"  # the file to supply (named in the error)
-    default_weights: Callable[[], Path] | None = None  # packaged default file, if any
-    missing_hint: str = ""  # extra advice appended to MissingWeightsError
-    loader: Callable[..., LoadReport] = load_timm_weights  # (encoder, spec, path) -> LoadReport
-
-    @property
-    def env_var(self) -> str:
-        """Environment variable holding the weights path, e.g. ``REPAE_DINOV2_VIT_B_WEIGHTS``."""
-        return "REPAE_" + re.sub(r"[^A-Z0-9]+", "_", self.name.upper()) + "_WEIGHTS"
-
-    def num_tokens(self, resolution: int = 256) -> int:
-        """Patch tokens produced for images loaded at ``resolution`` (16x16 = 256 at 256)."""
-        return (self.input_size(resolution) // self.patch_size) ** 2
-
-    def check_resolution(self, resolution: int) -> None:
-        if self.resolutions is not None and resolution not in self.resolutions:
-            raise ConfigError(
-                f"encoder {self.name} supports resolution {' or '.join(map(str, self.resolutions))}, "
-                f"got {resolution}; change --resolution or pick another encoder"
-            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +413,7 @@ def load_encoder(
         return build_encoder(name, resolution=resolution, device=device, arch_overrides=arch_overrides, **options)
     path = resolve_weights(spec, weights)
     enc = spec.builder(spec, resolution=resolution, device="meta", arch_overrides=arch_overrides, **options)
-    report: LoadReport = spec.loader(enc, spec, str(path))
+    report: LoadReport = (spec.loader or load_timm_weights)(enc, spec, str(path))
     enc.load_report = report
     return enc.to(device).freeze()
 

@@ -15,29 +15,16 @@ converted state dict is loaded with ``strict=True, assign=True`` and cast to flo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from repae.encoders.base import RepresentationEncoder
+from repae.encoders.spec import EncoderSpec, LoadReport
 from repae.interop.io import check_state_dict
 from repae.interop.timm_vit import drop_keys, read_checkpoint, unwrap
-
-if TYPE_CHECKING:  # pragma: no cover
-    from repae.encoders.registry import EncoderSpec
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What a weights file contributed: kept for logs and for tests."""
-
-    path: str
-    format: str  # "meta" | "hf" | "timm" | "mocov3" | "mae" | "ijepa" | "dino" | "openai"
-    num_tensors: int  # tensors loaded into the model (strict)
-    dropped: tuple[str, ...] = field(default_factory=tuple)  # keys removed on purpose
 
 
 class TimmViTEncoder(RepresentationEncoder):

@@ -14,6 +14,16 @@ from pathlib import Path
 
 from repae.config import RunConfig, resolve_channels_last
 from repae.errors import ConfigError
+from repae.losses.tokenizer_reg import (
+    LPIPS_MIN_SIDE,
+    TokenizerRegularizer,
+    check_grid,
+    check_values,
+    eq_numerators,
+    is_active,
+    matched_encoder_resolution,
+    patchgan_min_side,
+)
 from repae.training.rae import build_rae, resolve_rae_arch, validate_rae
 from repae.training.recipes import RECIPES, Recipe, get_recipe
 
@@ -21,10 +31,17 @@ log = logging.getLogger("repae.train")
 
 
 def validate_config(cfg: RunConfig) -> Recipe:
-    """Cheap checks that need no weights (run first, before anything is built)."""
+    """Every check of a run config, in one pass, before anything is built (no weights are read).
+
+    In order: the preflight (value ranges, the latent cache's VAE, a ``tokenizer.weights`` folder
+    against ``tokenizer.preset``: :func:`repae.training.preflight.preflight`), the recipe, the
+    tokenizer and generator architectures, the sampler, alignment and batch keys, then the
+    tokenizer regularisers (:func:`validate_tokreg`). Each failure is one line naming the fix."""
     from repae.models import MODEL_PRESETS
     from repae.tokenizer.registry import tokenizer_arch
+    from repae.training.preflight import preflight
 
+    preflight(cfg)
     recipe = get_recipe(cfg.train.recipe)
     resolve_channels_last(cfg.train.channels_last, "cpu")  # true / false / auto, else one line naming them
     resolve_rae_arch(cfg)  # tokenizer.preset=rae: its architecture from the encoder registry
@@ -63,8 +80,6 @@ def validate_config(cfg: RunConfig) -> Recipe:
         raise ConfigError("train.batch_size must be divisible by train.grad_accum")
     if recipe.cached_latents and not cfg.data.latents:
         raise ConfigError("recipe 'ldm' trains on cached latents: set data.latents (made by `repae cache-latents`)")
-    from repae.losses.tokenizer_reg import validate_tokreg
-
     validate_tokreg(cfg, recipe)  # SE / EQ-VAE / VF keys (tokreg.*)
     return recipe
 
@@ -372,3 +387,90 @@ def init_generator_weights(cfg: RunConfig, model) -> str | None:
 
     info = load_official_weights(model, path)
     return f"initialised the generator from {src} ({info.layout} layout, entry '{info.entry}')"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer regularisers (SE / EQ-VAE / VF): checks and builders from the run config; the
+# losses themselves are in repae.losses.tokenizer_reg
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_tokreg(cfg: RunConfig, recipe: Recipe) -> None:
+    """Every tokreg check that needs no weights (called by ``validate_config`` before building)."""
+    from repae.encoders import encoder_spec
+    from repae.tokenizer.registry import tokenizer_arch
+
+    tc = cfg.tokreg
+    check_values(se_weight=tc.se_weight, se_factors=tc.se_factors, se_terms=tc.se_terms, eq_prob=tc.eq_prob,
+                 eq_lowres_prob=tc.eq_lowres_prob, eq_min_scale=tc.eq_min_scale, vf_weight=tc.vf_weight,
+                 vf_cos_margin=tc.vf_cos_margin, vf_distmat_margin=tc.vf_distmat_margin,
+                 vf_cos_weight=tc.vf_cos_weight, vf_distmat_weight=tc.vf_distmat_weight, vf_pixels=tc.vf_pixels)
+    if cfg.train.vae_ema and cfg.train.recipe != "vae":
+        raise ConfigError(f"train.vae_ema (tokenizer EMA) applies to train.recipe=vae only, not '{cfg.train.recipe}'; "
+                          "set train.vae_ema=false or train.recipe=vae")
+    if not is_active(tc):
+        return
+    if not (recipe.train_vae and recipe.l_reg):
+        raise ConfigError(f"tokenizer regularisers need a recipe that trains the VAE with L_REG, not "
+                          f"'{cfg.train.recipe}'; use train.recipe=vae or repa-e, or set the tokreg weights to 0")
+    f = tokenizer_arch(cfg.tokenizer).downsample_factor
+    side = cfg.data.resolution // f
+    den = tc.eq_scale_den or side
+    check_grid((side, side), se_factors=tc.se_factors if tc.se_weight > 0 else (),
+               eq_scale_den=den if tc.eq_prob > 0 else None)
+    # every image a loss term sees must be large enough for the discriminator / LPIPS; the
+    # discriminator phase scores the EQ pair whatever lreg.disc_weight is
+    if tc.eq_prob > 0:
+        ks = eq_numerators(den, tc.eq_min_scale)
+        if not ks:
+            raise ConfigError(f"tokreg.eq_min_scale={tc.eq_min_scale} leaves no scale k/{den} < 1; lower it")
+        smallest = side * ks[0] // den * f
+        _check_side(smallest, "tokreg.eq_min_scale", "raise tokreg.eq_min_scale", gan=True,
+                    lpips=cfg.lreg.perceptual == "lpips")
+    if tc.se_weight > 0:
+        smallest = cfg.data.resolution // max(tc.se_factors)
+        _check_side(smallest, "tokreg.se_factors", "use smaller tokreg.se_factors or drop gan from tokreg.se_terms",
+                    gan=cfg.lreg.disc_weight > 0 and "gan" in tc.se_terms,
+                    lpips=cfg.lreg.perceptual == "lpips" and "perceptual" in tc.se_terms)
+    if tc.vf_weight > 0:
+        encoder_spec(tc.vf_encoder)  # unknown name -> ConfigError listing the choices
+        matched_encoder_resolution(tc.vf_encoder, side, cfg.data.resolution)
+
+
+def _check_side(side: int, key: str, fix: str, *, gan: bool, lpips: bool) -> None:
+    if gan and side < patchgan_min_side():
+        raise ConfigError(f"{key} makes {side}px images but the PatchGAN needs >= {patchgan_min_side()}px; {fix}")
+    if lpips and side < LPIPS_MIN_SIDE:
+        raise ConfigError(f"{key} makes {side}px images but LPIPS needs >= {LPIPS_MIN_SIDE}px; {fix}")
+
+
+def build_tokreg(cfg: RunConfig, latent_shape: tuple[int, int, int]) -> TokenizerRegularizer | None:
+    """The run's :class:`TokenizerRegularizer`, or None when every regulariser is off."""
+    tc = cfg.tokreg
+    if not is_active(tc):
+        return None
+    vf_dim = None
+    if tc.vf_weight > 0:
+        from repae.encoders import encoder_spec
+
+        vf_dim = encoder_spec(tc.vf_encoder).embed_dim
+    c, h, w = latent_shape
+    return TokenizerRegularizer(
+        latent_channels=c, latent_hw=(h, w), se_weight=tc.se_weight, se_factors=tuple(tc.se_factors),
+        se_terms=tuple(tc.se_terms), eq_prob=tc.eq_prob, eq_lowres_prob=tc.eq_lowres_prob,
+        eq_scale_den=tc.eq_scale_den or h, eq_min_scale=tc.eq_min_scale, eq_rotate=tc.eq_rotate,
+        eq_anisotropic=tc.eq_anisotropic, vf_weight=tc.vf_weight, vf_dim=vf_dim, vf_cos_margin=tc.vf_cos_margin,
+        vf_distmat_margin=tc.vf_distmat_margin, vf_cos_weight=tc.vf_cos_weight,
+        vf_distmat_weight=tc.vf_distmat_weight, vf_adaptive=tc.vf_adaptive, vf_pixels=tc.vf_pixels,
+    )
+
+
+def build_vf_encoder(cfg: RunConfig, latent_side: int, device, *, random_init: bool = False):
+    """The frozen foundation model of the VF loss, built so its patch grid is the latent grid."""
+    from repae.encoders import build_encoder, load_encoder
+
+    tc = cfg.tokreg
+    r = matched_encoder_resolution(tc.vf_encoder, latent_side, cfg.data.resolution)
+    if random_init:
+        return build_encoder(tc.vf_encoder, resolution=r, device=device)
+    return load_encoder(tc.vf_encoder, weights=tc.vf_encoder_weights, resolution=r, device=device)

@@ -40,7 +40,6 @@ from repae.training.ema import EMA
 from repae.training.engine import abort_distributed, setup_distributed, step_generator
 from repae.training.guard import NonFiniteGuard, loss_scalers
 from repae.training.hooks import due
-from repae.training.preflight import preflight
 from repae.training.resume import prepare_run, resume_run
 from repae.training.runlock import acquire_run_lock
 from repae.training.step import MicroBatch, StepTools, step_for
@@ -72,8 +71,7 @@ class Trainer:
                  hooks: list | None = None):
         self.cfg = cfg
         self.hooks = list(hooks or [])  # sample grids, diagnostics, reports: see repae.training.hooks
-        preflight(cfg)  # value ranges, tokenizer weights vs preset (repae.training.preflight)
-        self.recipe = validate_config(cfg)  # cheap checks first: fail before anything is built
+        self.recipe = validate_config(cfg)  # every config check in one pass: fail before anything is built
         self.engine = engine or setup_distributed(cfg.train.mixed_precision, timeout_min=cfg.train.dist_timeout_min)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -150,7 +148,7 @@ class Trainer:
                 disc_start=lc.disc_start, lecam_weight=lc.lecam_weight, adaptive_disc_weight=lc.adaptive_disc_weight,
                 vgg_weights=lc.vgg_weights, disc_weights=lc.disc_weights,
             ).to(dev)
-        from repae.losses.tokenizer_reg import build_tokreg, build_vf_encoder
+        from repae.training.builders import build_tokreg, build_vf_encoder
 
         self.tokreg = build_tokreg(cfg, self.latent_shape)  # SE / EQ-VAE / VF; None when all are off
         self.vf_encoder = None
