@@ -398,3 +398,43 @@ def test_uncached_hub_id_is_one_line_naming_id_and_files(tmp_path, monkeypatch):
         text = str(err.value)
         assert "\n" not in text and "REPA-E/e2e-qwenimage-vae" in text and str(tmp_path / "empty-cache") in text
         assert "config.json and diffusion_pytorch_model.safetensors" in text and "never downloads" in text
+
+
+def test_encoder_hub_id_resolves_through_the_local_cache(tmp_path, monkeypatch):
+    """--encoder-weights / align.encoder_weights take a hub id too (issue 22 item 6): the cached
+    snapshot's model.safetensors loads exactly as the same file given by path."""
+    from repae.encoders import load_encoder
+    from repae.encoders.registry import repae_vit_t4_default_path
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(repae_vit_t4_default_path().read_bytes())
+    (folder / "config.json").write_text("{}")
+    fake_hub_cache(tmp_path, monkeypatch, "someone/repae-vit-t4", folder)
+    monkeypatch.chdir(tmp_path)
+    enc = load_encoder("repae-vit-t4", weights="someone/repae-vit-t4", resolution=32)
+    assert enc.load_report.path.startswith(str(tmp_path / "hf-cache")) and enc.load_report.path.endswith(
+        "model.safetensors")
+    ref = load_encoder("repae-vit-t4", resolution=32)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(enc(x), ref(x))
+
+
+def test_encoder_hub_id_missing_or_without_weights_is_one_line(tmp_path, monkeypatch):
+    from repae.encoders import load_encoder
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingWeightsError) as err:
+        load_encoder("dinov2-vit-b", weights="timm/vit_base_patch14_dinov2.lvd142m")
+    text = str(err.value)
+    assert "\n" not in text and "timm/vit_base_patch14_dinov2.lvd142m" in text and "never downloads" in text
+    assert "model.safetensors or pytorch_model.bin" in text and str(tmp_path / "empty-cache") in text
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "README.md").write_text("no weights")
+    fake_hub_cache(tmp_path, monkeypatch, "someone/empty", folder)
+    with pytest.raises(MissingWeightsError) as err:
+        load_encoder("repae-vit-t4", weights="someone/empty", resolution=32)
+    text = str(err.value)
+    assert "\n" not in text and "holds none of model.safetensors" in text and "README.md" in text

@@ -339,8 +339,17 @@ def encoder_spec(name: str) -> EncoderSpec:
     raise ConfigError(f"unknown encoder {name!r}; choose from {', '.join(available_encoders())} (or random-<D>)")
 
 
+#: the weight files of an encoder's hub repository, in the order they are looked for (timm and
+#: transformers repositories hold model.safetensors; older ones pytorch_model.bin)
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 def resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None) -> Path:
     """Explicit path, else ``$REPAE_<NAME>_WEIGHTS``, else the packaged default, else raise.
+
+    A path or variable that reads as a Hugging Face hub id (``owner/name``, no such local path) is
+    looked up in the local hub cache (:mod:`repae.interop.hub`): the first of :data:`HUB_WEIGHT_FILES`
+    (then ``spec.weights_file``) in the cached snapshot. Nothing is downloaded.
 
     Raises:
         MissingWeightsError: no path found, or the named file does not exist (one-line message).
@@ -356,6 +365,18 @@ def resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None)
             f"{extra}pass --encoder-weights /path/to/{spec.weights_file} or set {spec.env_var} "
             f"(accepted: {'; '.join(spec.formats)}); nothing is downloaded",
         )
+    from repae.interop import hub
+
+    repo = hub.repo_id(str(candidate))
+    if repo is not None:  # e.g. timm/vit_base_patch14_dinov2.lvd142m: the local hub cache only, never downloaded
+        names = (*HUB_WEIGHT_FILES, spec.weights_file)
+        try:
+            found = hub.cached_file(repo, names)
+        except FileNotFoundError as err:
+            raise MissingWeightsError(f"{spec.name} weights", f"{err}; place one of them there") from None
+        if found is None:
+            raise MissingWeightsError(f"{spec.name} weights", hub.missing_hint(repo, names, any_of=True))
+        return found
     path = Path(candidate).expanduser()
     if not path.exists():
         raise MissingWeightsError(f"{spec.name} weights", f"{path} (from {source}) does not exist; point {source} at an "

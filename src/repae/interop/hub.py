@@ -57,10 +57,29 @@ def cached_snapshot(repo: str) -> Path | None:
     return folder
 
 
-def missing_hint(repo: str) -> str:
-    """The one-line fix for hub repository ``repo`` missing from the cache."""
-    files = " ".join(VAE_FILES)
+def missing_hint(repo: str, files: tuple[str, ...] = VAE_FILES, *, any_of: bool = False) -> str:
+    """The one-line fix for hub repository ``repo`` missing from the cache (``files``: what to place; with
+    ``any_of``, one of them is enough)."""
+    what = " or ".join(files) if any_of else " and ".join(files)
+    fetch = files[0] if any_of else " ".join(files)
     return (f"'{repo}' is no local path, and the Hugging Face hub repository {repo} is not in the local cache "
-            f"{cache_dir()} (repae never downloads): place its {' and '.join(VAE_FILES)} there, e.g. "
-            f"`huggingface-cli download {repo} {files}` on a machine with network and copy the cache folder "
+            f"{cache_dir()} (repae never downloads): place its {what} there, e.g. "
+            f"`huggingface-cli download {repo} {fetch}` on a machine with network and copy the cache folder "
             "(set HF_HUB_CACHE to it), or give a local folder")
+
+
+def cached_file(repo: str, names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` in the cached snapshot of ``repo``; None when the repository is not cached.
+
+    Raises:
+        FileNotFoundError: the repository is cached but holds none of ``names`` (the message lists them).
+    """
+    folder = cached_snapshot(repo)
+    if folder is None:
+        return None
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    held = sorted(p.name for p in folder.iterdir())[:8]
+    raise FileNotFoundError(f"the cached hub repository {repo} ({folder}) holds none of {', '.join(names)} "
+                            f"(it has: {', '.join(held) or 'nothing'})")
