@@ -287,8 +287,8 @@ def resolve_cached_latents_vae(cfg: RunConfig) -> RunConfig:
     if cfg.tokenizer.weights:
         if vae and not _same_vae(cfg.tokenizer.weights, vae):
             raise ConfigError(f"tokenizer.weights={cfg.tokenizer.weights} is not the VAE that made "
-                              f"data.latents={latents} ({vae}): drop tokenizer.weights (the cache's VAE is used) "
-                              "or cache again with it")
+                              f"data.latents={latents} ({vae}): set tokenizer.weights=null (also when the preset sets it, "
+                              "as fmnist does; the cache's VAE is then used) or cache again with it")
         return cfg
     if not vae:
         raise ConfigError(f"data.latents={latents}: meta.json does not name the VAE that made it; "
