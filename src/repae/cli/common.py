@@ -73,8 +73,10 @@ def load_generator(path: str, *, ema: bool, device: torch.device, model_preset: 
     see :func:`repae.sampling.official.generator_from_official`."""
     from pathlib import Path
 
+    from repae.interop.official import resolve_official_file
     from repae.sampling.generator import Generator
 
+    path = str(resolve_official_file(path))  # a hub id (owner/name[/file.pt]) -> its file in the local cache
     if Path(path).is_file():
         if model_preset is None:
             from repae.interop.official import load_official_file, select_state_dict

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--samples", help="ADM sample .npz (arr_0 uint8 [N,H,W,3]) or a folder of PNGs")
     src.add_argument("--checkpoint", help="training run / checkpoint to sample from (streamed, nothing written), or "
-                     "an official checkpoint file with --model")
+                     "an official checkpoint file (or its hub id in the local Hugging Face cache) with --model")
     src.add_argument("--recon", "--vae-checkpoint", dest="vae_checkpoint",
                      help="exported VAE directory: reconstruction metrics (rFID, PSNR, SSIM, LPIPS) over --data")
     parser.add_argument("--reference", help="reference .npz (ADM VIRTUAL_*.npz or 'repae reference' output) or an "
@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, what="images for --recon and for a --reference that is not an .npz")
     parser.add_argument("--extractor", choices=["inception", "evalnet-fmnist"], default=None,
                         help="feature network (default: inception if weights are given, else evalnet-fmnist)")
-    parser.add_argument("--inception-weights", help="path to pt_inception-2015-12-05-6726825d.pth "
-                        "(or set REPAE_INCEPTION_WEIGHTS)")
+    parser.add_argument("--inception-weights", help="path to pt_inception-2015-12-05-6726825d.pth, or a hub id "
+                        "in the local Hugging Face cache (or set REPAE_INCEPTION_WEIGHTS)")
     parser.add_argument("--num-samples", type=int, default=None,
                         help="samples to draw with --checkpoint (default 50000) / images to use otherwise "
                         "(default all)")
@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=None, help="override the generator's number of classes")
     add_official_arguments(parser)
     r = parser.add_argument_group("reconstruction (--recon)")
-    r.add_argument("--lpips-vgg-weights", default=None, help="VGG16 weights for LPIPS (omitted: no LPIPS)")
+    r.add_argument("--lpips-vgg-weights", default=None, help="VGG16 weights for LPIPS: a file or a hub id in the "
+                   "local Hugging Face cache (omitted: no LPIPS)")
     r.add_argument("--sample-posterior", action="store_true", help="decode a posterior sample instead of its mode")
 
 

@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--extractor", choices=["inception", "evalnet-fmnist"], default=None,
                         help="feature network (default: inception if weights are given, else evalnet-fmnist)")
-    parser.add_argument("--inception-weights", help="path to pt_inception-2015-12-05-6726825d.pth "
-                        "(or set REPAE_INCEPTION_WEIGHTS)")
+    parser.add_argument("--inception-weights", help="path to pt_inception-2015-12-05-6726825d.pth, or a hub id "
+                        "in the local Hugging Face cache (or set REPAE_INCEPTION_WEIGHTS)")
     parser.add_argument("--max-images", type=int, default=None, help="use at most this many images (default all)")
     parser.add_argument("--pr-images", type=int, default=10_000,
                         help="images kept (arr_0 + pool features) for precision/recall (ADM: 10000)")

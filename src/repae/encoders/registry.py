@@ -349,7 +349,8 @@ def resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None)
 
     A path or variable that reads as a Hugging Face hub id (``owner/name``, no such local path) is
     looked up in the local hub cache (:mod:`repae.interop.hub`): the first of :data:`HUB_WEIGHT_FILES`
-    (then ``spec.weights_file``) in the cached snapshot. Nothing is downloaded.
+    (then ``spec.weights_file``) in the cached snapshot, ``owner/name/file`` that file
+    (:func:`repae.interop.hub.resolve_weights_file`). Nothing is downloaded.
 
     Raises:
         MissingWeightsError: no path found, or the named file does not exist (one-line message).
@@ -365,18 +366,10 @@ def resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None)
             f"{extra}pass --encoder-weights /path/to/{spec.weights_file} or set {spec.env_var} "
             f"(accepted: {'; '.join(spec.formats)}); nothing is downloaded",
         )
-    from repae.interop import hub
+    from repae.interop.hub import resolve_weights_file
 
-    repo = hub.repo_id(str(candidate))
-    if repo is not None:  # e.g. timm/vit_base_patch14_dinov2.lvd142m: the local hub cache only, never downloaded
-        names = (*HUB_WEIGHT_FILES, spec.weights_file)
-        try:
-            found = hub.cached_file(repo, names)
-        except FileNotFoundError as err:
-            raise MissingWeightsError(f"{spec.name} weights", f"{err}; place one of them there") from None
-        if found is None:
-            raise MissingWeightsError(f"{spec.name} weights", hub.missing_hint(repo, names, any_of=True))
-        return found
+    # e.g. timm/vit_base_patch14_dinov2.lvd142m: the local hub cache only, never downloaded
+    candidate = resolve_weights_file(str(candidate), (*HUB_WEIGHT_FILES, spec.weights_file), f"{spec.name} weights")
     path = Path(candidate).expanduser()
     if not path.exists():
         raise MissingWeightsError(f"{spec.name} weights", f"{path} (from {source}) does not exist; point {source} at an "

@@ -53,6 +53,8 @@ from repae.interop.io import check_state_dict, read_weights, unwrap_entries
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_ENV = "REPAE_INCEPTION_WEIGHTS"
+#: the files a hub repository given as the Inception weights may hold (the first one present is read)
+HUB_FILES = (WEIGHTS_FILENAME, "model.safetensors")
 NUM_CLASSES = 1008  # the 2015-12-05 graph has 1008 outputs (1000 ImageNet classes + 8 unused)
 INPUT_SIZE = 299
 POOL_DIM = 2048
@@ -209,8 +211,18 @@ class FIDInceptionV3(tv.Inception3):
 
 
 def resolve_weights_path(path: str | os.PathLike | None = None) -> Path | None:
-    """The Inception weights to use: ``path``, else ``$REPAE_INCEPTION_WEIGHTS``, else None."""
+    """The Inception weights to use: ``path``, else ``$REPAE_INCEPTION_WEIGHTS``, else None.
+
+    A Hugging Face hub id (``owner/name``: the first of :data:`HUB_FILES` in its cached snapshot;
+    ``owner/name/file.pth``: that file) is read from the local hub cache, never downloaded.
+
+    Raises:
+        MissingWeightsError: a hub id that is not cached (one line naming the id and the file to place).
+    """
+    from repae.interop.hub import resolve_weights_file
+
     chosen = path if path is not None else os.environ.get(WEIGHTS_ENV) or None
+    chosen = resolve_weights_file(chosen, HUB_FILES, f"FID InceptionV3 weights {WEIGHTS_FILENAME}")
     return Path(chosen).expanduser() if chosen is not None else None
 
 

@@ -8,6 +8,10 @@ repae only ever looks the id up with ``local_files_only=True``, so it behaves th
 ``HF_HUB_OFFLINE=1``: nothing is fetched, and a repository that is not in the cache is one line naming the
 id and the files to place (:func:`missing_hint`). A pipeline repository (e.g. FLUX.1-dev) works too: the
 VAE readers look in its ``vae/`` folder.
+
+Single weight files (LPIPS's VGG16, the FID Inception, published generator checkpoints, alignment encoders)
+go through :func:`resolve_weights_file`: ``owner/name`` is the first of the loader's usual file names in the
+cached snapshot, ``owner/name/path/in/repo.pt`` that very file; anything else (a local path) is unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +29,18 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".json", ".yaml", ".yml", ".npz")
 #: the files a diffusers VAE repository must hold (the error names them)
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+def repo_file(spec) -> tuple[str, str] | None:
+    """``("owner/name", "path/in/repo.ext")`` if ``spec`` reads as a file inside a hub repository
+    (``owner/name/path/in/repo.ext``, a file suffix at the end) and is no existing local path, else None."""
+    if not isinstance(spec, str):
+        return None
+    parts = spec.split("/")
+    if (len(parts) < 3 or not _REPO_ID.match("/".join(parts[:2])) or not parts[-1].lower().endswith(_FILE_SUFFIXES)
+            or any(p in ("", ".", "..") for p in parts[2:])):
+        return None
+    return None if Path(spec).expanduser().exists() else ("/".join(parts[:2]), "/".join(parts[2:]))
 
 
 def repo_id(spec) -> str | None:
@@ -57,15 +73,16 @@ def cached_snapshot(repo: str) -> Path | None:
     return folder
 
 
-def missing_hint(repo: str, files: tuple[str, ...] = VAE_FILES, *, any_of: bool = False) -> str:
+def missing_hint(repo: str, files: tuple[str, ...] = VAE_FILES, *, any_of: bool = False,
+                 spec: str | None = None) -> str:
     """The one-line fix for hub repository ``repo`` missing from the cache (``files``: what to place; with
-    ``any_of``, one of them is enough)."""
+    ``any_of``, one of them is enough; ``spec``: what the user wrote, default ``repo``)."""
     what = " or ".join(files) if any_of else " and ".join(files)
     fetch = files[0] if any_of else " ".join(files)
-    return (f"'{repo}' is no local path, and the Hugging Face hub repository {repo} is not in the local cache "
+    return (f"'{spec or repo}' is no local path, and the Hugging Face hub repository {repo} is not in the local cache "
             f"{cache_dir()} (repae never downloads): place its {what} there, e.g. "
             f"`huggingface-cli download {repo} {fetch}` on a machine with network and copy the cache folder "
-            "(set HF_HUB_CACHE to it), or give a local folder")
+            "(set HF_HUB_CACHE to it), or give a local path")
 
 
 def cached_file(repo: str, names: tuple[str, ...]) -> Path | None:
@@ -83,3 +100,31 @@ def cached_file(repo: str, names: tuple[str, ...]) -> Path | None:
     held = sorted(p.name for p in folder.iterdir())[:8]
     raise FileNotFoundError(f"the cached hub repository {repo} ({folder}) holds none of {', '.join(names)} "
                             f"(it has: {', '.join(held) or 'nothing'})")
+
+
+def resolve_weights_file(spec: str | os.PathLike | None, names: tuple[str, ...], what: str
+                         ) -> str | os.PathLike | None:
+    """The local file a weights argument names: ``spec`` unchanged unless it is a hub id with no such local path.
+
+    ``owner/name`` -> the first of ``names`` in the cached snapshot of that repository; ``owner/name/path/in/repo.pt``
+    -> that file of the cached snapshot. Only the local cache is read (never a download; ``HF_HUB_OFFLINE``
+    changes nothing). ``what`` heads the error, e.g. ``"VGG16 weights for LPIPS"``.
+
+    Raises:
+        MissingWeightsError: the repository is not cached, or holds none of the files (one line naming the id,
+            the files and the cache folder).
+    """
+    from repae.errors import MissingWeightsError
+
+    inside = repo_file(spec)
+    repo = inside[0] if inside else repo_id(spec)
+    if repo is None:
+        return spec
+    names = (inside[1],) if inside else tuple(names)
+    try:
+        found = cached_file(repo, names)
+    except FileNotFoundError as err:
+        raise MissingWeightsError(what, f"{err}; place {'it' if len(names) == 1 else 'one of them'} there") from None
+    if found is None:
+        raise MissingWeightsError(what, missing_hint(repo, names, any_of=True, spec=str(spec)))
+    return str(found)

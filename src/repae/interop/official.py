@@ -24,7 +24,8 @@ in ``docs/official-checkpoints.md``). In every layout the network parameters alr
              ``feat_rope.freqs_{cos,sin}``, ``final_layer.norm_final.weight``; optional ``learn_sigma`` as
              ``sit``. Time: SiT ``transport`` (t = 0 noise, v = x - eps).
 
-Here: reading (:func:`load_official_file`, through :func:`repae.interop.io.read_weights` with inert
+Here: naming (:func:`resolve_official_file`: a local path, or a hub id read from the local Hugging Face
+cache), reading (:func:`load_official_file`, through :func:`repae.interop.io.read_weights` with inert
 placeholders, so no code from a checkpoint ever runs), unwrapping (:func:`select_state_dict`: ``module.`` /
 ``_orig_mod.`` prefixes, ``ema`` / ``model`` entries), :func:`detect_layout`, :func:`infer_architecture`
 and the pure key/tensor maps :func:`official_to_repae` / :func:`repae_to_official`. Building a
@@ -50,6 +51,7 @@ from repae.interop.io import KeyLayoutError, first_keys, is_safetensors, is_stat
 
 __all__ = [
     "BN_KEYS",
+    "CHECKPOINT_HUB_FILES",
     "ENTRY_NAMES",
     "LAYOUTS",
     "SD_LATENT_SCALE",
@@ -61,6 +63,7 @@ __all__ = [
     "load_official_file",
     "official_to_repae",
     "repae_to_official",
+    "resolve_official_file",
     "select_state_dict",
 ]
 
@@ -86,6 +89,10 @@ LAYOUTS: dict[str, Layout] = {
 ENTRY_NAMES = ("ema", "model", "state_dict", "module")
 BN_KEYS = ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked")
 SIGMA_KEYS = ("final_layer.linear.weight", "final_layer.linear.bias")
+#: The files a hub repository given as a published checkpoint may hold, in the order they are tried (the
+#: REPA-E generator repositories keep theirs in ``checkpoints/``; any other file: ``owner/name/path/in/repo.pt``).
+CHECKPOINT_HUB_FILES = ("model.safetensors", "pytorch_model.bin", "last.pt", "checkpoints/0400000.pt",
+                        "checkpoints/4000000.pt")
 #: SD-VAE latent scale used by REPA, SiT and DiT (``x * 0.18215``, the same for every channel).
 SD_LATENT_SCALE = 0.18215
 
@@ -93,6 +100,15 @@ SD_LATENT_SCALE = 0.18215
 # ----------------------------------------------------------------------------------------------
 # Reading and unwrapping
 # ----------------------------------------------------------------------------------------------
+
+
+def resolve_official_file(path: str | os.PathLike) -> str | os.PathLike:
+    """``path`` unchanged, unless it is a Hugging Face hub id with no such local path: ``owner/name`` -> the
+    first of :data:`CHECKPOINT_HUB_FILES` in its cached snapshot, ``owner/name/path/in/repo.pt`` -> that file
+    (:func:`repae.interop.hub.resolve_weights_file`; never downloaded)."""
+    from repae.interop.hub import resolve_weights_file
+
+    return resolve_weights_file(path, CHECKPOINT_HUB_FILES, "published checkpoint")
 
 
 def load_official_file(path: str | os.PathLike) -> Any:

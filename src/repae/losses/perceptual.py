@@ -39,6 +39,8 @@ from repae.interop.io import check_state_dict, is_state_dict, read_weights, stri
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+#: the files a hub repository given as the VGG16 weights may hold (the first one present is read)
+VGG16_HUB_FILES = (VGG16_FILENAME, "model.safetensors", "pytorch_model.bin")
 VGG16_ENV = "REPAE_VGG16_WEIGHTS"
 
 # LPIPS "ScalingLayer" constants (spec 4.5): u -> (u - shift) / scale, per RGB channel.
@@ -81,12 +83,18 @@ def _missing_vgg(path: str | os.PathLike | None) -> MissingWeightsError:
 def resolve_vgg_weights(vgg_weights: str | os.PathLike | None) -> Path:
     """Return the local VGG16 file: the argument, else ``$REPAE_VGG16_WEIGHTS``; never downloads.
 
+    A Hugging Face hub id (``owner/name``: the first of :data:`VGG16_HUB_FILES` in its cached snapshot;
+    ``owner/name/file.pth``: that file) is read from the local hub cache (:mod:`repae.interop.hub`).
+
     Raises:
-        MissingWeightsError: nothing named, or the named file does not exist.
+        MissingWeightsError: nothing named, the named file does not exist, or a hub id is not cached.
     """
+    from repae.interop.hub import resolve_weights_file
+
     named = vgg_weights if vgg_weights is not None else os.environ.get(VGG16_ENV) or None
     if named is None:
         raise _missing_vgg(None)
+    named = resolve_weights_file(named, VGG16_HUB_FILES, f"VGG16 ImageNet weights for LPIPS ({VGG16_FILENAME})")
     path = Path(named).expanduser()
     if not path.is_file():
         raise _missing_vgg(path)

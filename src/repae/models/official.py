@@ -36,6 +36,7 @@ from repae.interop.official import (
     load_official_file,
     official_to_repae,
     repae_to_official,
+    resolve_official_file,
     select_state_dict,
 )
 from repae.models.time_convention import TimeFlipped, flip_time_convention_
@@ -60,6 +61,7 @@ __all__ = [
     "load_official_weights",
     "official_to_repae",
     "repae_to_official",
+    "resolve_official_file",
     "select_state_dict",
     "strip_wrappers",
 ]
@@ -188,12 +190,15 @@ def load_official_weights(model: nn.Module, path: str | os.PathLike, *, ema: boo
                           layout: str | None = None, to_repae_time: bool = True) -> OfficialWeights:
     """Strictly load a published checkpoint into an existing ``repae`` network (``train.init_from``).
 
+    ``path`` is a local file or a Hugging Face hub id in the local cache (:func:`resolve_official_file`).
+
     Keys and shapes must match exactly (projectors included: a network built with other target
     encoders fails naming ``projectors.*``). With ``to_repae_time`` a ``sit`` / ``lightningdit``
     checkpoint is rewritten into ``repae``'s time convention (:func:`flip_time_convention_`).
     """
     family = "LightningDiT" if type(model).__name__ == "LightningDiT" else (
         "DiT" if getattr(model, "objective_kind", "flow") == "ddpm" else "SiT")
+    path = resolve_official_file(path)
     sd_off, entry = select_state_dict(load_official_file(path), ema=ema)
     layout = layout or detect_layout(sd_off, family)
     sd, extras = official_to_repae(sd_off, layout)

@@ -43,7 +43,13 @@ import torch
 
 from repae.config import SampleConfig
 from repae.errors import ConfigError
-from repae.interop.official import LAYOUTS, SD_LATENT_SCALE, load_official_file, repae_to_official
+from repae.interop.official import (
+    LAYOUTS,
+    SD_LATENT_SCALE,
+    load_official_file,
+    repae_to_official,
+    resolve_official_file,
+)
 from repae.models.official import OfficialWeights, build_official_model
 from repae.models.time_convention import TimeFlipped, flip_time_convention_
 from repae.sampling.generator import Generator
@@ -170,7 +176,8 @@ def generator_from_official(model_file: str | os.PathLike, *, model_preset: str,
     """A :class:`~repae.sampling.generator.Generator` for a published generator checkpoint.
 
     Args:
-        model_file: the checkpoint (``.pt`` / ``.safetensors``; ``{model, ema, ...}`` or a bare state dict).
+        model_file: the checkpoint (``.pt`` / ``.safetensors``; ``{model, ema, ...}`` or a bare state dict), or a
+            Hugging Face hub id in the local cache (:func:`~repae.interop.official.resolve_official_file`).
         model_preset: its architecture, a ``repae`` preset (``SiT-XL/2``, ``SiT-XL/1``, ``DiT-XL/2``,
             ``LightningDiT-XL/1``); must match the weights.
         vae: tokenizer: a folder (``repae`` / diffusers), an LDM / official VAE file (with ``vae_preset``),
@@ -187,7 +194,7 @@ def generator_from_official(model_file: str | os.PathLike, *, model_preset: str,
     The returned generator has ``sample_defaults`` (how the release was evaluated, CFG off),
     ``official`` (:class:`~repae.models.official.OfficialWeights`), ``official_stats`` and ``official_vae``.
     """
-    model_file = Path(model_file)
+    model_file = Path(resolve_official_file(model_file))
     checkpoint = load_official_file(model_file)
     net, info = build_official_model(checkpoint, model_preset, num_classes=num_classes, ema=ema, layout=layout,
                                      encoder_depth=encoder_depth, source=str(model_file))

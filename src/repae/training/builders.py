@@ -365,11 +365,14 @@ def check_token_counts(cfg: RunConfig, sit, encoders) -> None:
 def init_generator_weights(cfg: RunConfig, model) -> str | None:
     """``train.init_from``: start the generator from a ``repae`` run / checkpoint folder (its EMA
     weights) or a published checkpoint file (REPA-E / REPA / SiT / DiT / LightningDiT layouts, strict
-    key matching, converted to ``repae``'s time convention). Resuming a run overrides it."""
+    key matching, converted to ``repae``'s time convention), also as a Hugging Face hub id in the local cache
+    (``owner/name`` or ``owner/name/path/in/repo.pt``). Resuming a run overrides it."""
     src = cfg.train.init_from
     if not src:
         return None
-    path = Path(src)
+    from repae.interop.official import resolve_official_file
+
+    path = Path(resolve_official_file(src))  # a hub id (owner/name[/file.pt]) -> its file in the local cache
     if path.is_dir():
         from repae.training.checkpoint import read_checkpoint
 
