@@ -476,6 +476,7 @@ def test_miniature_extra_rae(tmp_path, tokenizer_dir):
     assert isinstance(results["runs"]["rae-s0"]["fid"], (int, float))
     md = (out / "report.md").read_text()
     assert "RAE beside REPA-E" in md and "| RAE (frozen repae-vit-t4 + ViT-T decoder) |" in md
+    assert "finished runs: 3/3" in md  # the decoder run has no samples, but it is finished
 
 
 def test_dropin_without_its_e2e_vae_is_one_line(tmp_path, tokenizer_dir):

@@ -501,11 +501,16 @@ def _html_table(t: dict) -> str:
 
 
 def _settings_lines(plan: Plan, results: dict) -> list[str]:
+    from repae.study.run import is_done
+
     cfg = plan.config
-    done = [n for n, r in results.items() if r]
-    missing = [n for n, r in results.items() if not r]
+    # a run without a sample evaluation (an RAE decoder, a tokenizer fine-tune) is finished by its done marker
+    marks = {r.name: read_json(r.run_dir(cfg.out) / "study" / "done.json") for r in plan.runs if is_done(r, cfg)}
+    done = [n for n, r in results.items() if r or n in marks]
+    missing = [n for n in results if n not in done]
     space = next((r.get("feature_space") for r in results.values() if r and r.get("feature_space")), None)
     secs = sum((r.get("train_seconds") or 0) + (r.get("eval_seconds") or 0) for r in results.values() if r)
+    secs += sum((m.get("train_seconds") or 0) + (m.get("eval_seconds") or 0) for n, m in marks.items() if not results.get(n))
     lines = [
         f"budget **{cfg.budget}**: every run {cfg.steps} steps x batch {cfg.batch_size} from preset `{cfg.preset}`"
         + (f" with `{' '.join(cfg.overrides)}`" if cfg.overrides else "") + f"; VAE init. = `{cfg.tokenizer}`",
