@@ -155,7 +155,8 @@ def _to_hwc(x: torch.Tensor) -> Any:
 def _grid_figure(rows: list[tuple[str, list]], col_titles: list[str], *, cmap_rows: set[int] = frozenset()):
     plt = _plt()
     nr, nc = len(rows), max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(nr, nc, figsize=(1.35 * nc + 1.6, 1.35 * nr + 0.4), squeeze=False)
+    height = 1.35 * nr + 0.4  # inches
+    fig, axes = plt.subplots(nr, nc, figsize=(1.35 * nc + 1.6, height), squeeze=False)
     for i, (name, images) in enumerate(rows):
         for j in range(nc):
             ax = axes[i][j]
@@ -171,7 +172,8 @@ def _grid_figure(rows: list[tuple[str, list]], col_titles: list[str], *, cmap_ro
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
             if i == 0 and j < len(col_titles):
                 ax.set_title(col_titles[j], fontsize=7)
-    fig.subplots_adjust(wspace=0.05, hspace=0.08)
+    # margins in inches, not figure fractions: a tall grid (many rows) keeps a thin band for the titles
+    fig.subplots_adjust(wspace=0.05, hspace=0.08, top=1 - 0.5 / height, bottom=0.1 / height)
     return fig
 
 
@@ -191,7 +193,8 @@ def plot_pca_grid(result: dict, path: Path, class_names: list[str] | None = None
         rows.append((f"{r['label']}\nPCA joint{share}", [_to_hwc(x) for x in g["pca_joint"]]))
         rows.append((f"{r['label']}\nPCA per image", [_to_hwc(x) for x in g["pca_image"]]))
     fig = _grid_figure(rows, _col_titles(inputs[0], class_names))
-    fig.suptitle("Latent PCA -> RGB (PC1 = R, PC2 = G, PC3 = B; sign: largest loading positive)", fontsize=9)
+    fig.suptitle("Latent PCA -> RGB (PC1 = R, PC2 = G, PC3 = B; sign: largest loading positive)", fontsize=9,
+                 y=1 - 0.1 / fig.get_figheight())
     _write_json(path.with_suffix(".json"), {r["label"]: {"explained_ratio": r.get("pca_explained_ratio"),
                                                           "latent_shape": r.get("latent_shape")} for r in inputs})
     return _save(fig, path)
