@@ -25,20 +25,45 @@ def _dist_ready() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """SUM all-reduce whose backward all-reduces the incoming gradient (eager path).
+
+    The gradient of a global loss equal to the sum of the per-rank losses with respect to a
+    rank's input is the sum over ranks of d(loss_r)/d(all-reduced value): one all-reduce of the
+    gradient. Written here on ``dist.all_reduce`` because torch's functional collectives, used
+    eagerly on gloo, leave a C++ thread joinable at interpreter exit: about 1 process in 10 then
+    dies with SIGABRT ("terminate called without an active exception") after a run that finished
+    (measured on torch 2.14.1: 3/20 two-process runs; 0/30 with this Function).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        g = grad.contiguous().clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
 def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Differentiable all-reduce (SUM) when distributed is up, identity otherwise.
 
-    Uses torch's functional collectives, whose autograd rule all-reduces the incoming gradient:
-    the exact gradient of a global loss equal to the sum of the per-rank losses (gloo and NCCL
-    alike; also traceable by torch.compile). Needed for the naive end-to-end ablation, where the
-    diffusion loss flows through the batch statistics into the VAE. (The older
-    ``torch.distributed.nn.functional.all_reduce`` has the same semantics but is deprecated.)
+    Exact gradient of a global loss equal to the sum of the per-rank losses (gloo and NCCL alike).
+    Needed for the naive end-to-end ablation, where the diffusion loss flows through the batch
+    statistics into the VAE. Eager runs use :class:`_AllReduceSum`; under ``torch.compile`` the
+    functional collective (same autograd rule, traceable) is used instead.
     """
     if not _dist_ready():
         return x
-    from torch.distributed import _functional_collectives as fc
+    if torch.compiler.is_compiling():
+        from torch.distributed import _functional_collectives as fc
 
-    return fc.wait_tensor(fc.all_reduce(x.contiguous(), "sum", dist.group.WORLD))
+        return fc.wait_tensor(fc.all_reduce(x.contiguous(), "sum", dist.group.WORLD))
+    return _AllReduceSum.apply(x.contiguous())
 
 
 class LatentNormalizer(nn.Module):
