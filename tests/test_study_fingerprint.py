@@ -79,3 +79,64 @@ def test_an_added_key_away_from_its_neutral_value_makes_a_run_stale(tmp_path):
     assert "made with other settings" in msg and "delete that run folder" in msg
     assert "train.report" not in msg  # an old key name is compared under its new name, not shown as a change
     shutil.rmtree(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# The weights files a run's settings name are recorded by content
+# ---------------------------------------------------------------------------------------------
+
+
+def _finish(spec, cfg, inputs=None):
+    folder = spec.run_dir(cfg.out) / "study"
+    mark = {"fingerprint": spec.fingerprint(cfg), "name": spec.name, "step": cfg.steps}
+    if inputs is not None:
+        mark["inputs"] = inputs
+    write_json(folder / "run.json", {**mark, "settings": {}})
+    write_json(folder / "done.json", mark)
+
+
+def test_a_rebuilt_target_file_makes_the_runs_that_align_to_it_stale(tmp_path):
+    from repae.encoders.registry import repae_cnn_p4_default_path
+    from repae.study.run import record_inputs, run_inputs
+
+    target = tmp_path / "cnn.safetensors"
+    shutil.copy(repae_cnn_p4_default_path(), target)
+    cfg, plan = _plan(tmp_path / "study", overrides=(f"align.encoder_weights=[{target}]",))
+    repa, vanilla = plan.get("repa-s0"), plan.get("vanilla-s0")
+    inputs = run_inputs(repa, cfg)
+    assert set(inputs) == {"align.encoders[0] repae-cnn-p4", "tokenizer.weights"}
+    assert "align.encoders[0] repae-cnn-p4" not in run_inputs(vanilla, cfg)  # vanilla reads no target
+    _finish(repa, cfg, inputs)
+    _finish(vanilla, cfg, run_inputs(vanilla, cfg))
+    old = plan.get("repa-s1")
+    _finish(old, cfg)  # finished before the record existed
+    assert is_done(repa, cfg) and is_done(vanilla, cfg) and is_done(old, cfg)
+    assert record_inputs(old, cfg) and not record_inputs(old, cfg)  # backfilled once, with today's files
+
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF  # same name, same size, other weights: e.g. scripts/make_encoder_asset.py --epochs 30
+    target.write_bytes(bytes(data))
+    for spec in (repa, old):
+        assert not is_done(spec, cfg)
+        with pytest.raises(ConfigError) as e:
+            check_fingerprint(spec, cfg)
+        assert "made with other weights (align.encoders[0] repae-cnn-p4" in str(e.value)
+        assert "delete that run folder" in str(e.value)
+    assert is_done(vanilla, cfg)
+    check_fingerprint(vanilla, cfg)
+
+
+def test_a_tokenizer_folder_is_compared_by_its_weights_and_configs_not_its_record(tmp_path):
+    from repae.study.run import content_sha256
+    from repae.tokenizer.registry import resolve_tokenizer_weights
+
+    folder = tmp_path / "vae"
+    shutil.copytree(resolve_tokenizer_weights("repae-vae-fmnist"), folder)
+    before = content_sha256(folder)
+    (folder / "record.json").write_text("{}")
+    (folder / "NOTES.md").write_text("edited")
+    assert content_sha256(folder) == before
+    stats = json.loads((folder / "latent_stats.json").read_text())
+    (folder / "latent_stats.json").write_text(json.dumps({**stats, "edited": True}))
+    assert content_sha256(folder) != before
+    assert content_sha256(tmp_path / "absent") is None

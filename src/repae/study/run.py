@@ -18,11 +18,15 @@
   (:func:`repae.study.report.write_report`).
 
 A run's folder records the fingerprint of the settings it was made with (``study/run.json``); the
-same ``--out`` with other settings is an error naming the fix, never a silent mix.
+same ``--out`` with other settings is an error naming the fix, never a silent mix. The settings name
+weights files (``align.encoders=repae-cnn-p4`` resolves to a packaged file that
+``scripts/make_encoder_asset.py`` rewrites), so the run also records the sha256 of every weights file it
+reads from outside its own folder (:func:`run_inputs`); a changed file makes the run stale in the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -40,12 +44,116 @@ from repae.utils.io import write_json
 
 def is_done(spec: RunSpec, cfg: StudyConfig) -> bool:
     done = read_json(spec.run_dir(cfg.out) / "study" / "done.json")
-    return isinstance(done, dict) and done.get("fingerprint") in spec.fingerprints(cfg)
+    return (isinstance(done, dict) and done.get("fingerprint") in spec.fingerprints(cfg)
+            and not changed_inputs(done.get("inputs"), run_inputs(spec, cfg)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The weights files a run reads, by content
+# ---------------------------------------------------------------------------------------------
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+#: the files of a tokenizer folder that decide what it computes (its record.json or export note do not)
+_FOLDER_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
+_FOLDER_IGNORED = ("record.json",)
+
+
+def content_sha256(path: str | Path) -> str | None:
+    """sha256 of a file, or of a folder (relative paths and contents of its weights and config files, sorted);
+    None if absent."""
+    path = Path(path)
+    if path.is_file():
+        return _file_sha256(path)
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _FOLDER_SUFFIXES
+                    and p.name not in _FOLDER_IGNORED):
+        h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def run_inputs(spec: RunSpec, cfg: StudyConfig) -> dict[str, str]:
+    """``{what: sha256}`` of the weights files the run reads that its settings name but do not pin:
+    the alignment targets (recipes that align), the tokenizer it starts from (unless from scratch) and an
+    RAE tokenizer's frozen encoder. A file that cannot be resolved (yet: a drop-in row before the E2E-VAE
+    it uses is exported) is left out; the run itself fails on it with the loader's message."""
+    from repae.config import load_config
+    from repae.encoders.registry import encoder_spec, resolve_weights
+    from repae.tokenizer.registry import RAE_PRESET, resolve_tokenizer_weights
+    from repae.training.recipes import get_recipe
+
+    run_cfg = load_config(cfg.preset, [o for o in spec.overrides if not o.startswith("train.output_dir=")])
+    recipe = get_recipe(spec.recipe)
+    wanted: dict[str, Callable[[], Path | str | None]] = {}
+
+    def encoder(name: str, weights: str | None) -> Callable[[], Path]:
+        return lambda: resolve_weights(encoder_spec(name), weights)
+
+    if recipe.sit_align or recipe.vae_align:
+        given = list(run_cfg.align.encoder_weights or [])
+        for i, name in enumerate(run_cfg.align.encoders or []):
+            wanted[f"align.encoders[{i}] {name}"] = encoder(name, given[i] if i < len(given) else None)
+    if not recipe.vae_random_init and run_cfg.tokenizer.weights:
+        wanted["tokenizer.weights"] = lambda: resolve_tokenizer_weights(run_cfg.tokenizer.weights)
+    if run_cfg.tokenizer.preset == RAE_PRESET:
+        wanted[f"tokenizer.rae_encoder {run_cfg.tokenizer.rae_encoder}"] = encoder(
+            run_cfg.tokenizer.rae_encoder, run_cfg.tokenizer.rae_encoder_weights)
+    out = {}
+    for what, resolve in wanted.items():
+        try:
+            sha = content_sha256(resolve())
+        except (OSError, ValueError, TypeError):  # MissingWeightsError, ConfigError: the run reports it itself
+            sha = None
+        if sha is not None:
+            out[what] = sha
+    return out
+
+
+def changed_inputs(recorded, current: dict[str, str]) -> list[str]:
+    """The inputs whose recorded content differs from today's (a run that recorded none: nothing)."""
+    if not isinstance(recorded, dict):
+        return []
+    return sorted(k for k, sha in recorded.items() if k in current and current[k] != sha)
+
+
+def record_inputs(spec: RunSpec, cfg: StudyConfig) -> bool:
+    """Add today's :func:`run_inputs` to a finished run that predates the record (2026-12-06 (4)); True if
+    written. Such a run was made with the files present when the record was introduced."""
+    path = spec.run_dir(cfg.out) / "study" / "done.json"
+    done = read_json(path)
+    if not isinstance(done, dict) or "inputs" in done:
+        return False
+    write_json(path, {**done, "inputs": run_inputs(spec, cfg)})
+    return True
 
 
 def check_fingerprint(spec: RunSpec, cfg: StudyConfig) -> None:
-    """A run folder made with other settings is an error (one line naming the fix)."""
+    """A run folder made with other settings, or with other contents of the weights files its settings
+    name, is an error (one line naming the fix)."""
     marker = read_json(spec.run_dir(cfg.out) / "study" / "run.json")
+    for name in ("done.json", "run.json"):
+        recorded = read_json(spec.run_dir(cfg.out) / "study" / name)
+        changed = changed_inputs(recorded.get("inputs") if isinstance(recorded, dict) else None,
+                                 run_inputs(spec, cfg))
+        if changed:
+            raise ConfigError(f"{spec.run_dir(cfg.out)} was made with other weights ({'; '.join(changed)}: the "
+                              f"file's content changed since): restore it, pass another --out or delete that "
+                              f"run folder")
     if isinstance(marker, dict) and marker.get("fingerprint") not in spec.fingerprints(cfg):
         from repae.config import _renamed
 
@@ -151,9 +259,10 @@ def run_one(spec: RunSpec, cfg: StudyConfig, evaluator: StudyEvaluator) -> dict:
     run_dir = spec.run_dir(cfg.out)
     check_fingerprint(spec, cfg)
     (run_dir / "study").mkdir(parents=True, exist_ok=True)
+    inputs = run_inputs(spec, cfg)
     write_json(run_dir / "study" / "run.json", {"fingerprint": spec.fingerprint(cfg), "name": spec.name,
                                                 "kind": spec.kind, "settings": _run_settings(spec, cfg),
-                                                "overrides": list(spec.overrides)})
+                                                "overrides": list(spec.overrides), "inputs": inputs})
     run_cfg = load_config(cfg.preset, list(spec.overrides))
     generates = KINDS[spec.kind].family != ""  # "": a tokenizer-only row (its SiT row evaluates it)
     t0 = time.perf_counter()
@@ -173,6 +282,7 @@ def run_one(spec: RunSpec, cfg: StudyConfig, evaluator: StudyEvaluator) -> dict:
         "train_seconds": round(t1 - t0, 1),  # this process's share when the run was resumed
         "eval_seconds": round(t2 - t1, 1),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "inputs": run_inputs(spec, cfg),  # after training: a drop-in row's E2E-VAE exists by now
     })
     result = result or {}
     result.update(train_seconds=round(t1 - t0, 1), eval_seconds=round(t2 - t1, 1))
@@ -203,6 +313,7 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, shard: tuple[i
     check_tokenizer(cfg, plan)
     for r in selected:  # fail on a mixed-up --out before hours of training, not in the middle
         check_fingerprint(r, cfg)
+        record_inputs(r, cfg)  # a run finished before the record: the files it was made with are today's
     # --extra targets: the random target's weights file (once, seeded) and the other targets' weights exist
     prepare_targets(plan, [r for r in selected if not is_done(r, cfg)], log=log)
     if cfg.threads:
