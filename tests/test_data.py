@@ -308,3 +308,42 @@ def test_sampler_micro_batches_follow_the_global_micro_batches():
         for m in range(2):
             assert g[4 * m:4 * m + 2] == ranks[0][4 * k + 2 * m:4 * k + 2 * m + 2]
             assert g[4 * m + 2:4 * m + 4] == ranks[1][4 * k + 2 * m:4 * k + 2 * m + 2]
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nhw", "nchw"])
+def test_default_resolution_of_an_array_file_is_its_stored_side(tmp_path, layout):
+    """A 28-pixel .npz given without --resolution is read at 28, not upsampled to 256."""
+    from repae.data import default_resolution
+
+    rng = np.random.default_rng(0)
+    shape = {"nhwc": (5, 28, 28, 3), "nhw": (5, 28, 28), "nchw": (5, 3, 28, 28)}[layout]
+    imgs = rng.integers(0, 256, shape, dtype=np.uint8)
+    plain, compressed = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(plain, arr_0=imgs)
+    np.savez_compressed(compressed, train_images=imgs, train_labels=np.zeros(5, np.int64))
+    assert default_resolution(str(plain)) == 28
+    assert default_resolution(str(compressed)) == 28
+    ds = build_dataset(str(plain), resolution=default_resolution(str(plain)))
+    assert ds[0][0].shape == (3, 28, 28)
+
+
+def test_default_resolution_falls_back_to_256(tmp_path):
+    from repae.data import default_resolution
+
+    rect = tmp_path / "rect.npz"
+    np.savez(rect, arr_0=np.zeros((2, 16, 24, 3), np.uint8))  # not square: resized like a folder
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "nokey.npz", other=np.zeros(3))
+    for name in ("rect.npz", "junk.npz", "nokey.npz", "missing.npz"):
+        assert default_resolution(str(tmp_path / name)) == 256, name
+    assert default_resolution("embedded") == 32 and default_resolution("embedded:test") == 32
+    assert default_resolution(str(tmp_path)) == 256  # an image folder
+
+
+def test_default_resolution_of_an_h5_file(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from repae.data import default_resolution
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["images"] = np.zeros((3, 40, 40, 3), np.uint8)
+    assert default_resolution(str(tmp_path / "d.h5")) == 40

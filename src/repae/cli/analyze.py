@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images (read like training data: embedded[:split], fashion-mnist[:split], folder, .npz, "
                         ".h5); default: the first run's data source (test split), else embedded:test")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="image side (default: the runs' training resolution, else 32 for Fashion-MNIST / 256)")
+                        help="image side (default: the runs' training resolution, else 32 for Fashion-MNIST, the stored side of .npz/.h5 images, 256)")
     parser.add_argument("--num-images", type=int, default=1000,
                         help="n: images measured; CKNNA builds n x n kernels (default 1000: seconds on a CPU for the "
                         "embedded default; 10000 takes minutes on one GPU)")

@@ -160,7 +160,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, flag: str = "--data",
                         "(class sub-folders or flat; ADM centre crop; unreadable files skipped), .npz, .h5, "
                         f"embedded[:split] or fashion-mnist[:split]" + (f" (default {default})" if default else ""))
     parser.add_argument("--resolution", type=int, default=None,
-                        help="image side (default: 32 for Fashion-MNIST, 256 otherwise)")
+                        help="image side (default: 32 for Fashion-MNIST, the stored side of square .npz/.h5 images, 256 otherwise)")
     parser.add_argument("--strict", action="store_true",
                         help="image folders: stop at the first unreadable image instead of skipping it")
 

@@ -89,9 +89,19 @@ def build_dataset(spec: str, *, resolution: int, split: str = "train", strict: b
 
 
 def default_resolution(spec: str) -> int:
-    """Image side used when a verb is not given ``--resolution``: 32 for Fashion-MNIST, else 256."""
+    """Image side used when a verb is not given ``--resolution``: 32 for Fashion-MNIST, the stored side of
+    the square images of an ``.npz`` / ``.h5`` file (:func:`repae.data.arrays.native_side`), else 256."""
     name = os.fspath(spec).partition(":")[0]
-    return 32 if name in ("embedded", "fashion-mnist", "full") else 256
+    if name in ("embedded", "fashion-mnist", "full"):
+        return 32
+    path = Path(os.fspath(spec))
+    if path.suffix.lower() in (".npz", ".h5", ".hdf5"):
+        from repae.data.arrays import native_side
+
+        side = native_side(path)  # a file's split keys (train_images / test_images) share one side
+        if side:
+            return side
+    return 256
 
 
 def __getattr__(name: str):  # lazy re-exports keep `import repae.data` cheap

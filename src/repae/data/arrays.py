@@ -123,18 +123,62 @@ def _npz_arrays(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None, 
         raise ConfigError(f"{path}: {str(err).splitlines()[0][:120]}; store plain uint8 / int64 arrays") from None
 
 
+def _npz_keys(keys: set[str], split: str) -> tuple[str, str | None] | None:
+    """(image key, label key or None) of an ``.npz`` file with members ``keys``, or None when it holds no images."""
+    for img_key, lab_keys in ((f"{split}_images", (f"{split}_labels",)), ("images", ("labels",)),
+                              ("arr_0", ("labels", "arr_1"))):
+        if img_key in keys:
+            return img_key, next((k for k in lab_keys if k in keys), None)
+    return None
+
+
 def _npz_arrays_open(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
         names = [str(s) for s in z["class_names"]] if "class_names" in keys else None
-        for img_key, lab_keys in ((f"{split}_images", (f"{split}_labels",)), ("images", ("labels",)),
-                                  ("arr_0", ("labels", "arr_1"))):
-            if img_key in keys:
-                lab_key = next((k for k in lab_keys if k in keys), None)
-                labels = z[lab_key] if lab_key else None
-                return z[img_key], labels, names
+        found = _npz_keys(keys, split)
+        if found is not None:
+            img_key, lab_key = found
+            return z[img_key], (z[lab_key] if lab_key else None), names
     raise ConfigError(f"{path}: no image array found (keys {sorted(keys)}); expected 'arr_0', 'images' or "
                       f"'{split}_images'")
+
+
+def native_side(path: str | os.PathLike, split: str = "train") -> int | None:
+    """Side length of the square images stored in an ``.npz`` or ``.h5`` file, read from the array header
+    only (nothing is decompressed); None for another file, non-square or unreadable images.
+
+    Verbs that are given such a file and no ``--resolution`` use it, so that a 32-pixel array is not
+    upsampled to 256 (and a reference made from it matches samples of its own size)."""
+    import zipfile
+
+    path = Path(path)
+    shape = None
+    try:
+        if path.suffix.lower() == ".npz" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                found = _npz_keys({n[:-4] for n in zf.namelist() if n.endswith(".npy")}, split)
+                if found is None:
+                    return None
+                with zf.open(found[0] + ".npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape = read(f)[0]
+        elif path.suffix.lower() in (".h5", ".hdf5"):
+            import h5py
+
+            if h5py.is_hdf5(path):
+                with h5py.File(path, "r") as f:
+                    shape = tuple(f["images"].shape) if "images" in f else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if not shape or len(shape) < 3:
+        return None
+    try:
+        chw = to_chw3(np.zeros(shape[1:], np.uint8))  # [3, H, W] under the loaders' own layout rule
+    except ConfigError:
+        return None
+    return int(chw.shape[1]) if chw.shape[1] == chw.shape[2] else None
 
 
 def npz_dataset(path: str | os.PathLike, *, resolution: int | None, split: str = "train") -> ArrayDataset:
