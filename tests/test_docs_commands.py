@@ -296,7 +296,7 @@ TINY: dict[str, Tiny] = {
     "study": Tiny(set=(("--threads", "1"),)),  # + --dry-run, below: a study trains for hours
     "export": Tiny(), "export-vae": Tiny(), "config": Tiny(), "reference": Tiny(),
     # scripts: the flags they pass on to repae (make_encoder_asset.py: "extra flags override"; without --out
-    # it writes the shipped asset); make_vae_asset.py has no flags: see _run_script
+    # it writes the shipped asset); make_vae_asset.py: see _run_script
     "scripts/make_encoder_asset.py": Tiny(set=(("--epochs", "1"), ("--data", TINY_DATA), ("--batch-size", "16")),
                                           default=(("--out", "encoder.safetensors"),), add=("--no-probe",)),
     "scripts/make_vae_asset.py": Tiny(),
@@ -601,16 +601,17 @@ def _run_script(cmd: DocCommand, argv: list[str], folder: Path) -> int:
     result = [0]
     path = ROOT / cmd.script
     if cmd.script == "scripts/make_vae_asset.py":
-        # No flags: it trains 1,500 steps, evaluates 1,000 images and writes the shipped asset in place. Load it,
-        # point OUT at the test folder and make each of its repae calls tiny, then call its main.
+        # Without --out it writes the shipped asset in place, and its evaluate call scores 1,000 images: load it,
+        # send it to the test folder and make each of its repae calls tiny (TINY), then call its main.
         spec = importlib.util.spec_from_file_location("make_vae_asset_under_test", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.OUT, module.main = folder / "repae-vae-fmnist", _tiny_main
+        module.main = _tiny_main
+        out = folder / "repae-vae-fmnist"
         with _exit_code(result):
-            module.main_()
+            module.main_([*argv, "--out", str(out)])
         if result[0] == 0:
-            assert (module.OUT / "record.json").is_file(), "make_vae_asset.py wrote no record.json"
+            assert (out / "record.json").is_file(), "make_vae_asset.py wrote no record.json"
         return result[0]
     old = sys.argv
     sys.argv = [str(path), *argv]

@@ -3,7 +3,7 @@
 
 Each entry is a folder under ``src/repae/assets`` in :meth:`Tokenizer.save_pretrained` layout
 (diffusers config + safetensors weights + ``latent_stats.json``) with a ``record.json`` that gives
-the exact command, seed and loss curve that produced it (``scripts/make_vae_asset.sh``).
+the exact command, seed and loss curve that produced it (``scripts/make_vae_asset.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def resolve_tokenizer_weights(spec: str | os.PathLike | None) -> str | os.PathLi
     folder = asset(SHIPPED_TOKENIZERS[str(spec)][0])
     if not (folder / "config.json").is_file():
         raise MissingWeightsError(f"shipped tokenizer '{spec}' is missing at {folder}",
-                                  "reinstall repae, or rebuild it with scripts/make_vae_asset.sh")
+                                  "reinstall repae, or rebuild it with scripts/make_vae_asset.py")
     return folder
 
 
