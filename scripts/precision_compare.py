@@ -15,6 +15,12 @@ On a CPU without native fp16 arithmetic (e.g. AVX512-BF16 but no AVX512-FP16) fp
 ~20x slower than fp32: there, fp16 runs dominate the wall time.
 
     .venv/bin/python scripts/precision_compare.py --out runs/precision --threads 1
+    .venv/bin/python scripts/precision_compare.py --out runs/prec-vanilla --precisions no bf16 \
+        --config fmnist --set train.recipe=vanilla train.batch_size=32 --seeds 0 1 2
+
+fp32 (``no``) is always run: it is the reference of the drift. The settings (preset, ``--set``,
+steps) are written to ``<out>/settings.json``; reusing an ``--out`` with other settings is an error,
+so finished runs of another setting are never read back into the comparison.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ LOSSES = ("denoising_loss", "proj_loss", "vae_loss", "reconstruction_loss", "vae
 PRECISIONS = ("no", "bf16", "fp16")  # "no" = fp32
 
 
-def run_one(out: Path, precision: str, seed: int, steps: int, threads: int) -> list[dict]:
+def run_one(out: Path, precision: str, seed: int, steps: int, threads: int, config: str = "fmnist",
+            extra: tuple[str, ...] = ()) -> list[dict]:
     name = f"{'fp32' if precision == 'no' else precision}-s{seed}"
     metrics = out / name / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     if not rows or rows[-1].get("step", 0) < steps:
-        code = repae_main(["train", "--config", "fmnist", f"train.max_steps={steps}", f"train.mixed_precision={precision}",
+        code = repae_main(["train", "--config", config, *extra, f"train.max_steps={steps}",
+                           f"train.mixed_precision={precision}",
                            f"train.seed={seed}", "train.log_every=1", "train.final_eval_samples=0", "train.html_report=false",
                            "train.sample_every=0", "train.diagnostics_every=0", f"train.checkpoint_every={max(1, steps // 4)}",
                            f"train.output_dir={out}", f"train.exp_name={name}", f"train.threads={threads}",
@@ -47,16 +55,32 @@ def run_one(out: Path, precision: str, seed: int, steps: int, threads: int) -> l
     return [r for r in rows if "step" in r and LOSSES[0] in r]
 
 
+def check_settings(out: Path, settings: dict) -> None:
+    """``<out>/settings.json`` holds the settings of the runs in ``out``; other settings are an error."""
+    path = out / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                             if old.get(k) != settings.get(k))
+            sys.exit(f"{out} holds runs made with other settings ({diff}): pass another --out or delete it")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
 def _ms(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):+.4f} ± {sd:.4f}"
 
 
-def summarise(runs: dict[tuple[str, int], list[dict]], seeds: list[int], tail: int) -> dict:
+def summarise(runs: dict[tuple[str, int], list[dict]], seeds: list[int], tail: int,
+              precisions: tuple[str, ...] = PRECISIONS) -> dict:
     summary: dict = {}
-    for prec in PRECISIONS:
+    losses = [k for k in LOSSES if all(k in r for s in seeds for r in runs["no", s])]  # what the recipe logs
+    for prec in precisions:
         entry: dict = {}
-        for loss in LOSSES:
+        for loss in losses:
             tails = [statistics.mean(r[loss] for r in runs[prec, s][-tail:]) for s in seeds]
             drift = [statistics.mean(abs(a[loss] - b[loss]) for a, b in zip(runs[prec, s], runs["no", s], strict=True))
                      for s in seeds]
@@ -78,14 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tail", type=int, default=20, help="steps averaged at the end")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--config", default="fmnist", help="preset trained (default fmnist, the README's main job)")
+    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                    help="train.mixed_precision values compared (no = fp32, always run as the reference)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides on top of the preset, e.g. train.batch_size=32 train.recipe=repa")
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.tail < 1 or not args.seeds:
+        ap.error("--steps and --tail must be positive and --seeds non-empty")
+    bad = [o for o in args.set if "=" not in o]
+    if bad:
+        ap.error(f"--set takes KEY=VALUE pairs, got {bad}")
+    precisions = tuple(p for p in PRECISIONS if p == "no" or p in args.precisions)  # fp16 last: slowest on a CPU
     out = Path(args.out)
-    runs = {(p, s): run_one(out, p, s, args.steps, args.threads) for p in PRECISIONS for s in args.seeds}  # fp16 last: slowest on a CPU
-    summary = summarise(runs, args.seeds, args.tail)
+    check_settings(out, {"config": args.config, "set": list(args.set), "steps": args.steps})
+    runs = {(p, s): run_one(out, p, s, args.steps, args.threads, args.config, tuple(args.set))
+            for p in precisions for s in args.seeds}
+    summary = summarise(runs, args.seeds, args.tail, precisions)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{args.steps} steps of the fmnist main job, seeds {args.seeds}; losses: mean of the last {args.tail} "
+    print(f"\n{args.steps} steps of {args.config} {' '.join(args.set)}, seeds {args.seeds}; losses: mean of the last {args.tail} "
           f"steps (mean ± sd over seeds) | mean |x - fp32| per step, same seed (fp32 seed-to-seed spread)")
-    for loss in LOSSES:
+    for loss in next(iter(summary.values())):
+        if loss in ("fp16_overflows", "img_per_s_median"):
+            continue
         print(f"\n{loss}")
         for prec, entry in summary.items():
             e = entry[loss]
