@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from repae.errors import ConfigError
 from repae.utils.assets import ASSETS
+from repae.utils.io import file_sha256  # noqa: F401  (re-exported: repae.data.embedded.file_sha256)
 
 EMBEDDED_PATH = ASSETS / "fashion_mnist_subset.npz"
 EMBEDDED_SHA256_PATH = ASSETS / "fashion_mnist_subset.sha256"
@@ -72,14 +72,6 @@ def read_debian_split(split: str, directory: str | os.PathLike | None = None) ->
         raise ConfigError(f"full Fashion-MNIST not found in {directory}; run 'apt-get install dataset-fashion-mnist' "
                           "(or set REPAE_FASHION_MNIST_DIR), or use '--data embedded'")
     return read_idx_gz(img_file), read_idx_gz(lab_file).astype(np.int64)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def expected_sha256() -> str:

@@ -39,7 +39,7 @@ from repae.errors import ConfigError
 from repae.study.measure import FDCurveHook, StudyEvaluator, backfill_image_variance, evaluate_run, read_json
 from repae.study.plan import KINDS, Plan, RunSpec, StudyConfig, build_plan, estimate_seconds
 from repae.study.targets import prepare_targets
-from repae.utils.io import write_json
+from repae.utils.io import file_sha256, write_json
 
 
 def is_done(spec: RunSpec, cfg: StudyConfig) -> bool:
@@ -59,11 +59,7 @@ def _file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = file_sha256(path)
     return _SHA_CACHE[key]
 
 

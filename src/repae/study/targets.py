@@ -24,14 +24,13 @@ what those rows need besides training:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from repae.study.plan import KINDS, RANDOM_TARGET_SEED, Kind, Plan, RunSpec, target_weights_path
-from repae.utils.io import write_json
+from repae.utils.io import file_sha256, write_json
 
 #: how every target is probed (the defaults of ``repae linear-probe``); a cached entry made otherwise is redone
 PROTOCOL = {"train_data": "embedded", "test_data": "embedded", "resolution": 32, "weight_decay": 1e-4,
@@ -108,16 +107,6 @@ def prepare_targets(plan: Plan, runs: list[RunSpec] | None = None, *, log: Calla
 # ---------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def probe_targets(specs: dict[str, tuple[str, str | None]], *, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Linear-probe each ``{id: (encoder, weights)}`` with :data:`PROTOCOL` -> ``{id: ProbeResult fields}``.
 
@@ -173,7 +162,7 @@ def target_probes(plan: Plan, *, compute: bool = True, log: Callable[[str], None
             if target_weights_path(plan.config, kind) is not None and compute:
                 write_random_target(target_weights_path(plan.config, kind))  # deterministic: same file
             path = _weights(plan, kind)
-            sha = _sha256(path) if path.is_file() else None
+            sha = file_sha256(path) if path.is_file() else None
         except (OSError, ValueError) as err:  # MissingWeightsError, ConfigError
             errors[k] = str(err)
             continue

@@ -36,7 +36,6 @@ Guarantees (docs/reliability.md lists the faults they were tested against):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -51,7 +50,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from repae.errors import ConfigError
-from repae.utils.io import fsync_dir, fsync_file, is_no_space, remove_dead_temp_files
+from repae.utils.io import file_sha256, fsync_dir, fsync_file, is_no_space, remove_dead_temp_files
 
 log = logging.getLogger("repae.checkpoint")
 
@@ -82,16 +81,6 @@ class NonFiniteCheckpointError(CheckpointError):
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def format_bytes(n: float) -> str:
@@ -185,7 +174,7 @@ def _write_manifest(folder: Path, step: int) -> dict:
     files = {}
     for name in DATA_FILES:
         p = folder / name
-        files[name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files[name] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
     manifest = {"format": FORMAT, "step": step, "finite": True, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     fsync_file(folder / MANIFEST)
@@ -386,7 +375,7 @@ def verify_checkpoint(path: str | Path) -> dict:
     if _VERIFIED.get(str(p)) == fp:
         return manifest
     for name, (_, digest) in entries.items():
-        if _sha256(p / name) != digest:
+        if file_sha256(p / name) != digest:
             raise _damaged(p, f"{name} fails its SHA-256 check")
     _VERIFIED[str(p)] = fp
     return manifest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -131,6 +132,17 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int, key: str = "step") ->
         with atomic_path(path) as tmp:
             tmp.write_text("".join(f"{line}\n" for line in kept))
     return dropped
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's bytes, read in 8 MiB blocks into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
