@@ -178,7 +178,7 @@ class _Package:
         offset = 1 if positional[:1] in (["self"], ["cls"]) else 0
         for call in self.calls.get(func.name, []):
             given = [k.value for k in call.keywords if k.arg == param]
-            if not given and index is not None and index - offset < len(call.args):
+            if not given and index is not None and 0 <= index - offset < len(call.args):  # self itself: no arg
                 given = [call.args[index - offset]]
             values += [(g, depth) for g in given]
             self.module_of.update((g, self.module_of[call]) for g in given)
