@@ -85,3 +85,99 @@ def test_bad_input_is_one_line(files, capsys, argv, needle):
     leftovers = [p.name for p in files.iterdir() if p.name.startswith(".") or p.name in ("ref.npz", "s.npz", "cache",
                                                                                           "vae-out")]
     assert not leftovers, leftovers
+
+
+# --- second hostile-user pass: config values, output paths, devices, non-finite numbers ------------------------
+
+
+@pytest.fixture
+def more_files(files):
+    (files / "afile").write_text("a file where a folder is expected")
+    (files / "bad.yaml").write_text("train: [\n")  # YAML syntax error
+    (files / "list.yaml").write_text("- 1\n")  # a list, not a mapping of sections
+    np.savez(files / "one.npz", arr_0=np.zeros((1, 8, 8, 3), np.uint8))  # one image: no covariance
+    return files
+
+
+MORE_CASES = [
+    (["config", "train.batch_size="], "train.batch_size cannot be empty"),  # was TypeError deep in training
+    (["config", "optim.betas=5"], "optim.betas expects a list of 2 numbers"),  # was TypeError
+    (["config", "optim.betas=[a,b]"], "optim.betas expects a number"),  # was ValueError
+    (["config", "tokreg.se_factors=[x]"], "tokreg.se_factors expects an integer"),  # was kept as a string
+    (["config", "train.batch_size=["], "not valid YAML"),  # was yaml ParserError
+    (["config", "--config", "{t}/bad.yaml"], "bad.yaml cannot be read as YAML"),
+    (["config", "--config", "{t}/list.yaml"], "must be a mapping of sections"),  # was TypeError
+    (["config", "sample.num_steps=0"], "sample.num_steps=0 is out of range"),  # was printed as valid
+    (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}"], "is a folder"),  # was rc 0, nothing written
+    (["sample", "--checkpoint", "{t}/no-run", "--out-dir", "{t}/afile"], "is a file"),  # was FileExistsError
+    (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}/afile/s.npz"], "is a file, not a folder"),
+    (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}/s.npz", "--device", "nope"], "--device"),
+    (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}/s.npz", "--num-classes", "3"],
+     "apply to official checkpoint files"),  # was silently ignored for a run folder
+    (["export-vae", "{t}/no-run", "--out", ""], "--out is empty"),  # wrote the VAE into the working folder
+    (["export-vae", "{t}/no-run", "--out", "{t}/afile"], "is a file"),
+    (["export", "{t}/no-run", "--out", "{t}/vae-out", "--vae-name", "../escape"], "--vae-name"),  # wrote outside --out
+    (["evaluate", "--samples", "{t}/float.npz", "--out", "{t}", "--device", "cpu", "--no-progress"], "is a folder"),
+    (["evaluate", "--samples", "{t}/one.npz", "--device", "cpu", "--no-progress"], "at least 2 images"),
+    (["evaluate", "--samples", "{t}/float.npz", "--reference", "{t}/junk.npz", "--device", "cpu", "--no-progress"],
+     "not a readable .npz"),  # was BadZipFile
+    (["reference", "--source", "embedded:test", "--out", "{t}/empty", "--device", "cpu", "--no-progress"],
+     "is a folder"),
+    (["latent-stats", "--device", "gpu"], "--device 'gpu' is not a torch device"),
+    (["latent-stats", "--out", "{t}/afile/stats.json", "--device", "cpu"], "is a file, not a folder"),
+    (["analyze", "{t}/no-run", "--t", "2"], "--t must be in [0, 1]"),  # was accepted
+    (["pretrain-encoder", "--lr", "-1", "--epochs", "1", "--out", "{t}/enc.safetensors", "--no-probe"],
+     "--lr must be a finite number > 0"),  # trained with a negative lr
+    (["study", "--set", "train.batch_size=abc", "--dry-run"], "--set: train.batch_size expects an integer"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", MORE_CASES, ids=[" ".join(c[0][:3]) + f" #{i}" for i, c in enumerate(MORE_CASES)])
+def test_more_bad_input_is_one_line(more_files, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(more_files)
+    argv = [a.format(t=more_files) for a in argv]
+    before = sorted(p.name for p in more_files.iterdir())
+    rc = main(argv)
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.strip().splitlines() if line.startswith("repae ")]
+    assert rc == 2, (rc, err)
+    assert len(err) == 1 and needle in err[0], err
+    assert "Traceback" not in captured.err
+    assert sorted(p.name for p in more_files.iterdir()) == before  # nothing written, not even in the cwd
+
+
+ARGPARSE_CASES = [
+    (["sample", "--checkpoint", "x", "--out-npz", "s.npz", "--cfg-scale", "nan"], "--cfg-scale"),  # sampled NaNs
+    (["sample", "--checkpoint", "x", "--out-npz", "s.npz", "--cfg-scale", "inf"], "--cfg-scale"),  # black images
+    (["latent-stats", "--batch-size", "0"], "--batch-size"),  # was DataLoader's ValueError
+    (["latent-stats", "--max-images", "-5"], "--max-images"),  # silently used 59 images
+    (["latent-stats", "--resolution", "0"], "--resolution"),  # silently used the default
+    (["cache-latents", "--vae", "v", "--out", "o", "--num-workers", "-1"], "--num-workers"),
+    (["reference", "--source", "s", "--out", "o.npz", "--batch-size", "-1"], "--batch-size"),
+    (["bench", "--threads", "-1"], "--threads"),  # was torch's RuntimeError
+]
+
+
+@pytest.mark.parametrize("argv,flag", ARGPARSE_CASES, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in ARGPARSE_CASES])
+def test_bad_number_is_argparse_usage_error(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"repae {argv[0]}: error: argument {flag}"), err[-1]
+
+
+def test_config_lists_and_optional_keys():
+    from repae.config import load_config
+
+    cfg = load_config("tiny-fmnist", ["tokreg.se_factors=2,4", "align.encoders=[]", "train.init_from=",
+                                      "optim.betas=[0.9, 0.95]"])
+    assert cfg.tokreg.se_factors == [2, 4] and cfg.align.encoders == [] and cfg.train.init_from is None
+    assert cfg.optim.betas == (0.9, 0.95)
+
+
+def test_labels_outside_the_networks_classes_leave_class_accuracy_out(files, capsys):
+    np.savez(files / "labbig.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8), labels=np.array([5000, 1, 2, 3]))
+    with pytest.warns(UserWarning, match="class accuracy left out"):
+        rc = main(["evaluate", "--samples", str(files / "labbig.npz"), "--device", "cpu", "--no-progress"])
+    assert rc == 0 and "class_acc" not in capsys.readouterr().out  # was a silent class accuracy of 0

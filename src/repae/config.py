@@ -282,7 +282,10 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
     origin = getattr(target_type, "__origin__", None)
     text = str(target_type)
     if value is None:
-        return None
+        if text.endswith("| None"):  # an optional key: null / an empty override means "none"
+            return None
+        empty = " ([] for an empty list)" if text.startswith(("list", "tuple")) else ""
+        raise ConfigError(f"{where} cannot be empty (null): give it a value{empty}; `repae config` shows the default")
     if target_type is bool or text == "bool":
         if isinstance(value, bool):
             return value
@@ -314,12 +317,19 @@ def _coerce(value: Any, target_type: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where} expects a string, got {value!r}")
         return str(value)
-    if text.startswith("tuple"):
-        return tuple(float(v) for v in value)
+    if text.startswith("tuple"):  # tuple[float, float] (optim.betas)
+        arity = text.count("float")
+        if not isinstance(value, (list, tuple)) or len(value) != arity:
+            raise ConfigError(f"{where} expects a list of {arity} numbers, e.g. [0.9, 0.999], got {value!r}")
+        return tuple(_coerce(v, float, where) for v in value)
     if origin is list or text.startswith("list"):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        return list(value)
+        inner = text[len("list["):-1] if text.startswith("list[") else None
+        if isinstance(value, str):  # a,b (an override without brackets); numbers read as numbers
+            value = [v.strip() if inner in (None, "str", "str | None") else yaml_load(v)
+                     for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} expects a list, e.g. [a, b] or a,b, got {value!r}")
+        return [_coerce(v, inner, where) for v in value] if inner else list(value)
     return value
 
 
@@ -541,13 +551,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) != 2:
         raise ConfigError(f"override key '{key}' must be section.key (e.g. train.batch_size=256)")
-    return parts, yaml_load(value) if value.strip() else None
+    try:
+        return parts, yaml_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+                          "quote it or fix its brackets") from None
 
 
 def _load_preset(preset: str, cfg: RunConfig, *, seen: tuple[str, ...]) -> RunConfig:
     """A preset file on top of ``cfg``; ``extends: OTHER`` applies OTHER first (presets as small diffs)."""
     path = _preset_path(preset)
-    raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml_load(path.read_text())
+    try:
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml_load(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:  # JSONDecodeError is a ValueError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"config {path} cannot be read as {'JSON' if path.suffix == '.json' else 'YAML'} "
+                          f"({first}): fix the file or give a preset name") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections (data:, model:, train: ...), "
+                          f"not a {type(raw).__name__}")
     raw = dict(raw or {})
     base = raw.pop("extends", None)
     if base is not None:

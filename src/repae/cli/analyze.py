@@ -18,6 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from repae.cli.argtypes import finite_float, nonneg_int, positive_int
 from repae.cli.common import default_device
 from repae.errors import ConfigError
 
@@ -29,31 +30,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="images (read like training data: embedded[:split], fashion-mnist[:split], folder, .npz, "
                         ".h5); default: the first run's data source (test split), else embedded:test")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--resolution", type=positive_int, default=None,
                         help="image side (default: the runs' training resolution, else 32 for Fashion-MNIST, the stored side of .npz/.h5 images, 256)")
-    parser.add_argument("--num-images", type=int, default=1000,
+    parser.add_argument("--num-images", type=positive_int, default=1000,
                         help="n: images measured; CKNNA builds n x n kernels (default 1000: seconds on a CPU for the "
                         "embedded default; 10000 takes minutes on one GPU)")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/analysis for one run, else ./analysis)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--checkpoints", choices=["all", "latest"], default="all",
                         help="which checkpoints of a run to measure (pictures always use the latest)")
     parser.add_argument("--vae-preset", default=None, help="architecture of a VAE weights file (f8d4, f16d32, ...)")
     parser.add_argument("--seed", type=int, default=0, help="image subset and diffusion noise")
-    parser.add_argument("--grid", type=int, default=8, help="images in the picture grids")
+    parser.add_argument("--grid", type=positive_int, default=8, help="images in the picture grids")
     c = parser.add_argument_group("CKNNA (spec-related-methods.md 4)")
     c.add_argument("--encoder", default=None,
                    help="frozen encoder (default: the run's first alignment encoder, else repae-vit-t4 at 32 px / "
                    "dinov2-vit-b)")
     c.add_argument("--encoder-weights", default=None, help="weights of --encoder (default: env var / packaged)")
-    c.add_argument("--t", type=float, default=0.5, help="noise level of the generator input (0 data, 1 noise): "
+    c.add_argument("--t", type=finite_float, default=0.5, help="noise level of the generator input (0 data, 1 noise): "
                    "the flow time; for a DiT, the DDPM timestep with the same noise-to-signal ratio")
     c.add_argument("--pool", choices=["mean", "tokens"], default="mean", help="token pooling (mean = published)")
-    c.add_argument("--k", type=int, default=10, help="nearest neighbours (REPA / REPA-E: 10)")
+    c.add_argument("--k", type=positive_int, default=10, help="nearest neighbours (REPA / REPA-E: 10)")
     c.add_argument("--no-cknna", action="store_true", help="skip CKNNA (no encoder needed)")
     f = parser.add_argument_group("FD per checkpoint (default: read from evaluation JSONs in the run folder)")
-    f.add_argument("--fd-samples", type=int, default=0, help="draw this many samples per checkpoint and compute FD")
+    f.add_argument("--fd-samples", type=nonneg_int, default=0, help="draw this many samples per checkpoint and compute FD")
     f.add_argument("--reference", default=None, help="FD reference (.npz or image source; default embedded:train)")
     f.add_argument("--inception-weights", default=None, help="ADM Inception weights (default: offline evalnet-fmnist)")
 
@@ -157,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.num_images < 4:
         raise ConfigError(f"--num-images must be >= 4 (CKNNA's unbiased HSIC), got {args.num_images}")
+    if not 0.0 <= args.t <= 1.0:
+        raise ConfigError(f"--t must be in [0, 1] (0 data, 1 noise), got {args.t}")
+    if args.out:
+        from repae.utils.io import check_output_path
+
+        check_output_path(args.out, folder=True, what="--out")  # before the work, not after it
     sources = resolve_sources(args.inputs)
     resolution = _resolution(args, sources)
     _check_vae_resolution(sources, resolution, args.vae_preset)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from repae.cli.argtypes import finite_float, nonneg_int
 from repae.config import load_config
 from repae.errors import ConfigError
 from repae.training.bench import _random_vgg, bench, reset_peak_rss
@@ -25,13 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="fmnist", help="preset name or YAML path")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile, allocator)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     parser.add_argument("--json", default=None,
                         help="also write the figures to this JSON file (with --sweep: the list of rows)")
     parser.add_argument("--flops", action="store_true",
                         help="count the FLOPs of one step (torch.utils.flop_counter) and report achieved TFLOP/s")
-    parser.add_argument("--peak-tflops", type=float, default=0.0,
+    parser.add_argument("--peak-tflops", type=finite_float, default=0.0,
                         help="accelerator peak (e.g. 989 for H100 bf16 dense) to report MFU = achieved / peak")
     parser.add_argument("--profile", action="store_true",
                         help="profile one extra step (torch.profiler): top ops by self time, host syncs per "
@@ -226,6 +227,10 @@ def _run_sweep(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.json:
+        from repae.utils.io import check_output_path
+
+        check_output_path(args.json, folder=False, what="--json")  # before the bench, not after it
     if args.sweep:
         parse_sweep(args.sweep[0])  # bad input fails before torch threads or temp folders
     if args.threads:

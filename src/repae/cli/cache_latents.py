@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from repae.cli.argtypes import nonneg_int, positive_int
 from repae.cli.common import add_data_arguments, add_vae_argument, load_tokenizer
 from repae.data.latent_cache import cache_latents
 
@@ -22,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_vae_argument(parser)
     add_data_arguments(parser, default="embedded", what="images to encode")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--chunk-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--num-workers", type=nonneg_int, default=0)
+    parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="images per resumable unit, a multiple of --batch-size (default 16 batches); an "
                         "interrupted run re-encodes at most one chunk per process")
     parser.add_argument("--device", default=None,
@@ -34,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from repae.training.engine import setup_distributed
+    from repae.utils.io import check_output_path
 
+    check_output_path(args.out, folder=True, what="--out")  # before the work, not after it
     engine = setup_distributed(device=args.device)  # torchrun / accelerate: gloo for cpu, NCCL for cuda:<LOCAL_RANK>
     rank, world = engine.rank, engine.world_size
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from repae.cli.argtypes import finite_float, positive_int
 from repae.config import SampleConfig
 from repae.errors import ConfigError
 
@@ -32,10 +33,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     g.add_argument("--sampler", choices=[*SOLVERS, *DDPM_SAMPLERS], default=None,
                    help=f"flow models (SiT, LightningDiT): {', '.join(SOLVERS)} (published REPA-E numbers: "
                    f"euler-maruyama, 250 steps); DDPM models (DiT): {', '.join(DDPM_SAMPLERS)} (DiT: ddpm, 250)")
-    g.add_argument("--num-steps", type=int, default=None, help="solver steps")
-    g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale >= 1 (1 = off)")
-    g.add_argument("--guidance-low", type=float, default=None, help="CFG applied for t >= this")
-    g.add_argument("--guidance-high", type=float, default=None, help="CFG applied for t <= this")
+    g.add_argument("--num-steps", type=positive_int, default=None, help="solver steps")
+    g.add_argument("--cfg-scale", type=finite_float, default=None, help="classifier-free guidance scale >= 1 (1 = off)")
+    g.add_argument("--guidance-low", type=finite_float, default=None, help="CFG applied for t >= this")
+    g.add_argument("--guidance-high", type=finite_float, default=None, help="CFG applied for t <= this")
     g.add_argument("--seed", type=int, default=0, help="labels and per-sample seeds derive from it (default 0)")
     g.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA weights")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
@@ -53,8 +54,9 @@ def resolve_sampling(args: argparse.Namespace, defaults: SampleConfig | None) ->
         value = getattr(args, key, None)
         if value is not None:
             pick[key] = value
-    if pick["cfg_scale"] < 1.0:
-        raise ConfigError(f"--cfg-scale must be >= 1 (got {pick['cfg_scale']}); use 1.0 for no guidance")
+    if not 1.0 <= pick["cfg_scale"] < float("inf"):  # nan / inf sample NaN or black images
+        raise ConfigError(f"--cfg-scale must be a finite number >= 1 (got {pick['cfg_scale']}); "
+                          "use 1.0 for no guidance")
     if pick["num_steps"] < 1:
         raise ConfigError(f"--num-steps must be >= 1 (got {pick['num_steps']})")
     if not 0.0 <= pick["guidance_low"] <= pick["guidance_high"] <= 1.0:
@@ -135,7 +137,21 @@ def official_kwargs(args: argparse.Namespace) -> dict:
 
 
 def default_device(name: str | None) -> torch.device:
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``--device``: the named torch device (checked: one line naming the fix for a typo or a missing GPU), or
+    cuda when available, else cpu."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here; "
+                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def distributed_setup() -> tuple[int, int, torch.device]:
@@ -159,7 +175,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, flag: str = "--data",
                         help=f"{what}, read by repae.data.build_dataset exactly like training data: an image folder "
                         "(class sub-folders or flat; ADM centre crop; unreadable files skipped), .npz, .h5, "
                         f"embedded[:split] or fashion-mnist[:split]" + (f" (default {default})" if default else ""))
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--resolution", type=positive_int, default=None,
                         help="image side (default: 32 for Fashion-MNIST, the stored side of square .npz/.h5 images, 256 otherwise)")
     parser.add_argument("--strict", action="store_true",
                         help="image folders: stop at the first unreadable image instead of skipping it")

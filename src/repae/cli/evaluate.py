@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from repae.cli.argtypes import positive_int
 from repae.cli.common import (
     add_data_arguments,
     add_official_arguments,
@@ -58,15 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature network (default: inception if weights are given, else evalnet-fmnist)")
     parser.add_argument("--inception-weights", help="path to pt_inception-2015-12-05-6726825d.pth, or a hub id "
                         "in the local Hugging Face cache (or set REPAE_INCEPTION_WEIGHTS)")
-    parser.add_argument("--num-samples", type=int, default=None,
+    parser.add_argument("--num-samples", type=positive_int, default=None,
                         help="samples to draw with --checkpoint (default 50000) / images to use otherwise "
                         "(default all)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (ADM: 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (ADM: 64)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_sampling_arguments(parser)
-    parser.add_argument("--num-classes", type=int, default=None, help="override the generator's number of classes")
+    parser.add_argument("--num-classes", type=positive_int, default=None, help="override the generator's number of classes")
     add_official_arguments(parser)
     r = parser.add_argument_group("reconstruction (--recon)")
     r.add_argument("--lpips-vgg-weights", default=None, help="VGG16 weights for LPIPS: a file or a hub id in the "
@@ -104,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint:
         resolve_sampling(args, None)  # bad flag values fail before any network is built
+    if args.out:
+        from repae.utils.io import check_output_path
+
+        check_output_path(args.out, folder=False, what="--out")  # before the work, not after it
     device = default_device(args.device)
     extractor = get_extractor(args.extractor, inception_weights=args.inception_weights, device=device)
     progress = not args.no_progress

@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from repae.sampling.official import export_official
+    from repae.utils.io import check_output_path
 
+    check_output_path(args.out, folder=True, what="--out")
     written = export_official(args.run, args.out, vae_format=args.format, vae_name=args.vae_name)
     for what, path in written.items():
         print(f"{what}: {path}")

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from repae.utils.io import check_output_path
+
+    check_output_path(args.out, folder=True, what="--out")
     out = export_vae(args.run, args.out, ema_stats=not args.live_stats)
     print(f"exported E2E-VAE to {out}")
     return 0

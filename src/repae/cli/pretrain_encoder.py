@@ -17,6 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from repae.cli.argtypes import finite_float, positive_int
+
 DEFAULT_OUT = "runs/encoder/repae-vit-t4.safetensors"
 
 
@@ -26,13 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--architecture", default="vit-t4", choices=["vit-t4", "cnn-p4"],
                         help="vit-t4 = repae-vit-t4 (any objective); cnn-p4 = repae-cnn-p4 (simclr)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast of the forward pass")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=40)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--lr", type=finite_float, default=None,
                         help="peak AdamW lr (default: 8e-4 for mae, 1e-3 for dino, 2e-3 for simclr)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"weights file (default: {DEFAULT_OUT})")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resume-state", default=None,
                         help="per-epoch resume state (default: <out>.state.pt; a rerun with the same flags continues "
@@ -52,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     from repae.data import build_dataset, dataset_to_tensor
     from repae.ssl.train import PretrainConfig, check_config, pretrain, save_encoder
+    from repae.utils.io import check_output_path
 
+    check_output_path(args.out, folder=False, what="--out")  # before the epochs, not after them
     torch.set_num_threads(args.threads)
     images, _ = dataset_to_tensor(build_dataset(args.data, resolution=32, split="train"), progress=True)
     cfg = PretrainConfig(objective=args.objective, architecture=args.architecture, precision=args.precision,

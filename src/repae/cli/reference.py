@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from repae.cli.argtypes import nonneg_int, positive_int
 from repae.cli.common import add_data_arguments, default_device, image_source
 
 
@@ -25,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature network (default: inception if weights are given, else evalnet-fmnist)")
     parser.add_argument("--inception-weights", help="path to pt_inception-2015-12-05-6726825d.pth, or a hub id "
                         "in the local Hugging Face cache (or set REPAE_INCEPTION_WEIGHTS)")
-    parser.add_argument("--max-images", type=int, default=None, help="use at most this many images (default all)")
-    parser.add_argument("--pr-images", type=int, default=10_000,
+    parser.add_argument("--max-images", type=positive_int, default=None, help="use at most this many images (default all)")
+    parser.add_argument("--pr-images", type=nonneg_int, default=10_000,
                         help="images kept (arr_0 + pool features) for precision/recall (ADM: 10000)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -36,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from repae.evaluation.features import get_extractor
     from repae.evaluation.reference import build_reference
+    from repae.utils.io import check_output_path
 
+    check_output_path(args.out, folder=False, what="--out")  # before the work, not after it
     device = default_device(args.device)
     extractor = get_extractor(args.extractor, inception_weights=args.inception_weights, device=device)
     source = image_source(args.source, resolution=args.resolution, split="train", strict=args.strict)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from repae.cli.argtypes import positive_int
 from repae.cli.common import default_device
 
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="HTML file to write (default: RUN/report.html)")
     parser.add_argument("--no-analyze", action="store_true",
                         help="do not run a quick analysis when RUN/analysis/ is missing")
-    parser.add_argument("--quick-images", type=int, default=256,
+    parser.add_argument("--quick-images", type=positive_int, default=256,
                         help="images of that quick analysis (default 256; `repae analyze` defaults to 1000)")
     parser.add_argument("--no-samples", action="store_true",
                         help="do not draw samples when the run has no preview grid")
@@ -33,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     from repae.analysis.report import build_report
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.out:
+        from repae.utils.io import check_output_path
+
+        check_output_path(args.out, folder=False, what="--out")  # before the work, not after it
     path = build_report(args.run, out=args.out, analyze_if_missing=not args.no_analyze,
                         quick_images=args.quick_images, draw_samples=not args.no_samples,
                         device=default_device(args.device))

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from repae.cli.argtypes import positive_int
 from repae.cli.common import (
     add_official_arguments,
     add_sampling_arguments,
@@ -40,16 +41,16 @@ from repae.cli.common import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory, or an official "
                         "checkpoint file (.pt/.safetensors) with --model")
-    parser.add_argument("--num-samples", type=int, default=50_000, help="number of samples N (default 50000)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process (default 256)")
+    parser.add_argument("--num-samples", type=positive_int, default=50_000, help="number of samples N (default 50000)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass per process (default 256)")
     parser.add_argument("--out-npz", default=None, help="ADM-format .npz to write (arr_0 uint8 [N,H,W,3] + labels)")
     parser.add_argument("--out-dir", default=None, help="folder of {index:06d}.png; existing PNGs are kept (resume)")
     parser.add_argument("--no-tf32", action="store_true", help="disable TF32 matmuls on CUDA (on by default, spec 6.4)")
     parser.add_argument("--device", default=None, help="device (default: cuda:LOCAL_RANK if available, else cpu)")
     add_sampling_arguments(parser)
     g = add_official_arguments(parser)
-    g.add_argument("--resolution", type=int, default=None, help="image side of an official generator (default 256)")
-    g.add_argument("--num-classes", type=int, default=None, help="classes of an official generator (default 1000)")
+    g.add_argument("--resolution", type=positive_int, default=None, help="image side of an official generator (default 256)")
+    g.add_argument("--num-classes", type=positive_int, default=None, help="classes of an official generator (default 1000)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +62,24 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1 or args.batch_size < 1:
         raise ConfigError("--num-samples and --batch-size must be >= 1")
     resolve_sampling(args, None)  # bad flag values fail before the checkpoint is read
+    from repae.utils.io import check_output_path
+
+    for flag, path, folder in (("--out-npz", args.out_npz, False), ("--out-dir", args.out_dir, True)):
+        if path is not None:
+            check_output_path(path, folder=folder, what=flag)
+    for flag, value in (("--resolution", args.resolution), ("--num-classes", args.num_classes)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1 (got {value})")
+    official_only = [flag for flag, value in (("--resolution", args.resolution), ("--num-classes", args.num_classes))
+                     if value is not None]
+    if official_only:
+        from pathlib import Path
+
+        from repae.interop.official import resolve_official_file
+
+        if not Path(resolve_official_file(args.checkpoint)).is_file():
+            raise ConfigError(f"{', '.join(official_only)} apply to official checkpoint files; {args.checkpoint} is a "
+                              "repae run or checkpoint folder, which records its own resolution and classes: drop them")
     rank, world, device = distributed_setup()
     if args.device:
         device = default_device(args.device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from repae.cli.argtypes import nonneg_int, positive_int
 from repae.errors import ConfigError
 
 
@@ -25,11 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", choices=["small", "paper"], default="small",
                         help="small: run the study here (embedded data; see docs/study.md for the measured cost); paper: print the "
                         "ImageNet torchrun command lines of the same study instead of running it")
-    parser.add_argument("--seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=positive_int, default=None,
                         help="seeds of the REPA-E / REPA / vanilla / drop-in rows (small: 3, paper: 1)")
     parser.add_argument("--out", default=None, help="study folder (small: study, paper: study-imagenet)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps of every run (small: 960, paper: 100000)")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch of every run (small: 64, paper: 256)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="training steps of every run (small: 960, paper: 100000)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="global batch of every run (small: 64, paper: 256)")
     parser.add_argument("--tokenizer", default=None,
                         help="'VAE init.': shipped name, tokenizer folder or weights file (small: repae-vae-fmnist, "
                         "paper: pretrained/sd-vae-ft-mse)")
@@ -44,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the i-th of n shards (1-based), e.g. --shard 1/2 and --shard 2/2 in two processes")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override for every run, e.g. --set optim.vae_lr=1e-4 (repeatable; a different study: use another --out)")
-    parser.add_argument("--eval-samples", type=int, default=None,
+    parser.add_argument("--eval-samples", type=positive_int, default=None,
                         help="samples of the final evaluation and images for rFID (small: 1000)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of this process (0 = default)")
+    parser.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads of this process (0 = default)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (or the paper commands) and exit")
     parser.add_argument("--report-only", action="store_true", help="only (re)write the report from finished runs")
 

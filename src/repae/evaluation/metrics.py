@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
+from repae.errors import ConfigError
+
 # ---------------------------------------------------------------------------------------------
 # Fréchet distance (FID / sFID)
 # ---------------------------------------------------------------------------------------------
@@ -35,8 +37,8 @@ def feature_statistics(feats: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np
     """Mean and unbiased covariance of ``feats [N, D]`` in float64 (ADM / pytorch-fid ``np.cov``)."""
     x = np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"need features of shape [N>=2, D], got {x.shape}; pass at least 2 images (the statistics "
-                         "hold a covariance)")
+        raise ConfigError(f"need features of shape [N>=2, D], got {x.shape}; pass at least 2 images (the statistics "
+                          "hold a covariance)")
     mu = x.mean(axis=0)  # [D]
     sigma = np.cov(x, rowvar=False)  # [D, D]
     return mu, np.atleast_2d(sigma)

@@ -22,6 +22,7 @@ computed from ``arr_0``.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +126,17 @@ def load_reference(path: str | os.PathLike, extractor: FeatureExtractor | None =
     if not path.is_file():
         raise ConfigError(f"reference batch {path} does not exist; build one with 'repae reference --source ... "
                           f"--out {path}' or download ADM's VIRTUAL_*.npz")
-    with np.load(path, allow_pickle=False) as z:
-        keys = set(z.files)
-        stored = {k: z[k] for k in ("mu", "sigma", "mu_s", "sigma_s", "pool_features") if k in keys}
-        space = str(z["feature_space"]) if "feature_space" in keys else ADM_FEATURE_SPACE
-        num = int(z["num_images"]) if "num_images" in keys else -1
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            stored = {k: z[k] for k in ("mu", "sigma", "mu_s", "sigma_s", "pool_features") if k in keys}
+            space = str(z["feature_space"]) if "feature_space" in keys else ADM_FEATURE_SPACE
+            num = int(z["num_images"]) if "num_images" in keys else -1
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # truncated / not a zip / pickled
+        raise ConfigError(f"reference batch {path} is not a readable .npz ({type(err).__name__}); rebuild it with "
+                          f"'repae reference --source ... --out {path}' or download ADM's VIRTUAL_*.npz again") from None
+    if not stored and "feature_space" not in keys:  # images only: their features come from this extractor
+        space = extractor.feature_space if extractor is not None else space
     if extractor is not None and not _feature_space_matches(space, extractor):
         raise ConfigError(f"{path} holds statistics in feature space {space!r} but the extractor is "
                           f"{extractor.feature_space!r}; rebuild it with 'repae reference' and the same extractor")
@@ -168,7 +175,15 @@ def metrics_from_features(feats: Features, ref: ReferenceStats, *, labels: np.nd
                                                                    batch_size=pr_batch_size)
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)[:len(feats)]
-        out["class_accuracy"] = float((feats.logits.argmax(1) == labels).mean())
+        k = feats.logits.shape[1]
+        if len(labels) and (labels.min() < 0 or labels.max() >= k):  # not classes this network knows
+            import warnings
+
+            warnings.warn(f"labels span {labels.min()}..{labels.max()} but the evaluation network "
+                          f"({feats.feature_space}) has classes 0..{k - 1}: class accuracy left out; store labels "
+                          "in that range to get it", stacklevel=2)
+        else:
+            out["class_accuracy"] = float((feats.logits.argmax(1) == labels).mean())
     out.update(num_samples=len(feats), num_reference_stats=ref.num_images,
                num_reference_pr=0 if ref.pool_features is None else len(ref.pool_features),
                feature_space=feats.feature_space)

@@ -96,8 +96,8 @@ def guided_denoiser(model_fn: ModelFn, y: Tensor, *, cfg_scale: float = 1.0,
             here). ``3`` reproduces the official DiT/SiT sampling scripts, which guide only the first
             three channels (a leftover from pixel-space code; spec-related-methods 7.5).
     """
-    if cfg_scale < 1.0:
-        raise ConfigError(f"cfg_scale must be >= 1 (got {cfg_scale}); use 1.0 for no guidance")
+    if not 1.0 <= cfg_scale < float("inf"):
+        raise ConfigError(f"cfg_scale must be a finite number >= 1 (got {cfg_scale}); use 1.0 for no guidance")
     low, high = (float(v) for v in interval)
     if not low <= high:
         raise ConfigError(f"guidance interval ({low}, {high}) is empty; pass low <= high, e.g. (0.0, 1.0)")

@@ -24,8 +24,8 @@ __all__ = ["guidance_active", "guided_velocity", "model_velocity_fn"]
 
 
 def _check(cfg_scale: float, interval: tuple[float, float]) -> tuple[float, float]:
-    if cfg_scale < 1.0:
-        raise ConfigError(f"cfg_scale must be >= 1 (got {cfg_scale}); use 1.0 for no guidance")
+    if not 1.0 <= cfg_scale < float("inf"):  # nan and inf too: they sample black or NaN images
+        raise ConfigError(f"cfg_scale must be a finite number >= 1 (got {cfg_scale}); use 1.0 for no guidance")
     low, high = (float(v) for v in interval)
     if not low <= high:
         raise ConfigError(f"guidance interval ({low}, {high}) is empty; pass low <= high, e.g. (0.0, 1.0)")

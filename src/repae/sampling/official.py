@@ -264,6 +264,12 @@ def export_official(run: str | os.PathLike, out_dir: str | os.PathLike, *, vae_f
 
     if vae_format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {vae_format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    if not vae_name or vae_name.startswith(".") or "/" in vae_name or "\\" in vae_name or vae_name != vae_name.strip():
+        raise ConfigError(f"--vae-name {vae_name!r} must be a plain file name (no folders, not empty, not starting with "
+                          "'.'), e.g. e2e-vae")
+    from repae.utils.io import check_output_path
+
+    check_output_path(out_dir, folder=True, what="out_dir")
     models, _, state = read_checkpoint(run)
     cfg = config_from_saved(state["config"])
     out = Path(out_dir)

@@ -91,6 +91,8 @@ def check_config(cfg: PretrainConfig) -> None:
     if cfg.objective in VIT_ONLY and cfg.architecture != "vit-t4":
         raise ConfigError(f"objective {cfg.objective} masks ViT patch tokens and needs --architecture vit-t4; "
                           f"use --objective simclr for {cfg.architecture}")
+    if cfg.lr is not None and not 0 < cfg.lr < float("inf"):  # a negative lr ascends the loss, silently
+        raise ConfigError(f"--lr must be a finite number > 0 (got {cfg.lr}); leave it out for the objective's default")
 
 
 def build_objective(cfg: PretrainConfig) -> torch.nn.Module:

@@ -221,6 +221,13 @@ class StudyConfig:
         for text in self.overrides:
             if "=" not in text or "." not in text.split("=", 1)[0]:
                 raise ConfigError(f"--set {text!r} must look like section.key=value (e.g. train.threads=1)")
+        if self.overrides:  # a bad key or value fails here, not when the first run starts (or never: --dry-run)
+            from repae.config import check_ranges, load_config
+
+            try:
+                check_ranges(load_config(self.preset, list(self.overrides)))
+            except ConfigError as err:
+                raise ConfigError(f"--set: {err}") from None
 
     @property
     def curve_n(self) -> int:

@@ -381,11 +381,14 @@ def verify_checkpoint(path: str | Path) -> dict:
     return manifest
 
 
-def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+_RESUME_HINT = "delete the damaged ones to start over, or set train.resume=false"
+
+
+def find_resume_checkpoint(run_dir: str | Path, *, hint: str = _RESUME_HINT) -> Path | None:
     """The newest checkpoint of a run that verifies (None if there is none at all).
 
     Each newer checkpoint that fails is logged with the reason; if checkpoints exist but none
-    verifies, raises :class:`CheckpointError` rather than silently starting over.
+    verifies, raises :class:`CheckpointError` (ending with ``hint``, the fix) rather than silently starting over.
     """
     found = list_checkpoints(run_dir)
     reasons = []
@@ -398,8 +401,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
             continue
         return p
     if found:
-        raise CheckpointError(f"no checkpoint of {run_dir} verifies ({'; '.join(reasons)}); "
-                              "delete the damaged ones to start over, or set train.resume=false")
+        raise CheckpointError(f"no checkpoint of {run_dir} verifies ({'; '.join(reasons)}); {hint}")
     return None
 
 
@@ -409,7 +411,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if STEP_DIR.match(p.name) or (p / MANIFEST).exists() or (p / "state.json").exists():
         verify_checkpoint(p)
         return p
-    found = find_resume_checkpoint(p) if p.is_dir() else None
+    found = find_resume_checkpoint(p, hint="retrain or restore the run (a reader cannot use a damaged "
+                                   "checkpoint)") if p.is_dir() else None
     if found is None:
         raise MissingCheckpointError(
             f"no checkpoint in '{p}': pass a run folder with checkpoints/ or a step-XXXXXXX folder")

@@ -22,7 +22,9 @@ def export_vae(run_or_checkpoint: str | Path, out_dir: str | Path, *, ema_stats:
     from repae.config import config_from_saved
     from repae.training.builders import build_tokenizer_arch
     from repae.training.checkpoint import read_checkpoint
+    from repae.utils.io import check_output_path
 
+    check_output_path(out_dir, folder=True, what="out_dir")
     models, _, state = read_checkpoint(run_or_checkpoint)
     cfg = config_from_saved(state["config"])
     tok = build_tokenizer_arch(cfg)

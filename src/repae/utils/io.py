@@ -160,3 +160,27 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | No
         mode = tmp.stat().st_mode
         save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
         os.chmod(tmp, mode)  # safetensors re-creates the file; keep the mode atomic_path chose
+
+
+def check_output_path(path: str | os.PathLike, *, folder: bool, what: str) -> Path:
+    """Refuse, before any work, an output path that cannot be written as the kind asked for.
+
+    ``folder=False``: ``path`` must not be an existing folder; ``folder=True``: it must not be an existing
+    file. Either way no existing ancestor may be a file (``mkdir`` would fail after the work is done).
+    ``what`` names the flag in the one-line error (e.g. ``"--out-npz"``).
+    """
+    from repae.errors import ConfigError
+
+    if not str(path).strip():
+        raise ConfigError(f"{what} is empty: give a {'folder' if folder else 'file'} path")
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file: give a folder path")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder: give a file path (inside it, say)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} is a file, not a folder; give a path under a folder")
+            break
+    return path
