@@ -240,7 +240,8 @@ OLD_RANGES = {
     "train.checkpoint_every": _P, "train.keep_checkpoints": _N, "train.sample_every": _N,
     "train.threads": _N, "train.diagnostics_every": _N, "train.final_eval_samples": _N,
     "train.max_nonfinite_skips": _P, "train.dist_timeout_min": _P,
-    "sample.num_images": _P, "sample.num_steps": _P, "sample.cfg_scale": _N,
+    # sample.cfg_scale was ">= 0" until 2026-12-06 (4): the samplers refuse < 1, so the config does too
+    "sample.num_images": _P, "sample.num_steps": _P, "sample.cfg_scale": ">= 1 (1 = no guidance)",
     "sample.guidance_low": _U, "sample.guidance_high": _U,
 }
 OLD_OVERRIDDEN = ("optim.lr", "optim.vae_lr", "optim.disc_lr", "optim.betas", "optim.weight_decay", "optim.eps")

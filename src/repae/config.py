@@ -40,6 +40,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # numeric ranges: (test, "must be ..."), checked by check_ranges before a run builds anything
 _POS, _NONNEG = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
 _UNIT, _UNIT_OPEN = (lambda v: 0 <= v <= 1, "in [0, 1]"), (lambda v: 0 <= v < 1, "in [0, 1)")
+_CFG = (lambda v: v >= 1, ">= 1 (1 = no guidance)")
 
 #: what a changed value means when a run resumes (repae.training.resume); a key with none of these
 #: changes training, and resuming with another value is warned about
@@ -245,7 +246,7 @@ class SampleConfig:
     # ones (DiT); resolved when a run is built, so a run's config.json names the sampler it used
     sampler: str = key("auto", resume=HARMLESS)  # auto | euler | heun | euler-maruyama | ddim | ddpm
     num_steps: int = key(50, range=_POS, resume=HARMLESS)
-    cfg_scale: float = key(4.0, range=_NONNEG, resume=HARMLESS)
+    cfg_scale: float = key(4.0, range=_CFG, resume=HARMLESS)
     guidance_low: float = key(0.0, range=_UNIT, resume=HARMLESS)
     guidance_high: float = key(1.0, range=_UNIT, resume=HARMLESS)
     # network + VAE decode arithmetic (autocast; solver state fp32/fp64): fp32 as generate.py, bf16 the
