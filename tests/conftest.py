@@ -29,6 +29,16 @@ def _no_network(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_again():
+    """A verb run in process may set torch's thread count (`repae linear-probe` defaults to 2 threads): put it
+    back, or a later test computes with another summation order (a 2-process cache then differed from the
+    1-process one in one float, in the slow suite)."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
