@@ -93,7 +93,20 @@ def setup_distributed(mixed_precision: str = "no", *, device: str | None = None,
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_min))
+        backend, timeout = "nccl" if dev.type == "cuda" else "gloo", timedelta(minutes=timeout_min)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if attempt != "0" and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+            # An elastic restart (torchrun --max-restarts) reuses the launcher's store, where the process group of
+            # the failed attempt left its peers' addresses: a restarted worker that reads its peer's key before the
+            # peer rewrites it dials a dead port ("Connection refused", measured here on gloo), and every restart
+            # can fail that way. A prefix per attempt keeps the attempts' keys apart.
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=rank == 0 and not agent_store, timeout=timeout)
+            dist.init_process_group(backend, store=dist.PrefixStore(f"repae/attempt_{attempt}", store),
+                                    rank=rank, world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
     if mixed_precision not in ("no", "bf16", "fp16"):
