@@ -129,6 +129,11 @@ MORE_CASES = [
     (["pretrain-encoder", "--lr", "-1", "--epochs", "1", "--out", "{t}/enc.safetensors", "--no-probe"],
      "--lr must be a finite number > 0"),  # trained with a negative lr
     (["study", "--set", "train.batch_size=abc", "--dry-run"], "--set: train.batch_size expects an integer"),
+    (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}/s.txt"], "must end in .npz"),  # evaluate could not read it
+    (["reference", "--source", "embedded:test", "--out", "{t}/ref", "--device", "cpu", "--no-progress"],
+     "must end in .npz"),  # was refused only after the features were extracted
+    (["pretrain-encoder", "--epochs", "1", "--out", "{t}/enc.json", "--no-probe"],
+     "must end in .safetensors"),  # the record (same stem, .json) overwrote the weights
 ]
 
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from repae.ssl.train import PretrainConfig, check_config, pretrain, save_encoder
     from repae.utils.io import check_output_path
 
-    check_output_path(args.out, folder=False, what="--out")  # before the epochs, not after them
+    check_output_path(args.out, folder=False, what="--out", suffix=".safetensors")  # before the epochs, not after them
     torch.set_num_threads(args.threads)
     images, _ = dataset_to_tensor(build_dataset(args.data, resolution=32, split="train"), progress=True)
     cfg = PretrainConfig(objective=args.objective, architecture=args.architecture, precision=args.precision,

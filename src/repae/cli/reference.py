@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from repae.evaluation.reference import build_reference
     from repae.utils.io import check_output_path
 
-    check_output_path(args.out, folder=False, what="--out")  # before the work, not after it
+    check_output_path(args.out, folder=False, what="--out", suffix=".npz")  # before the work, not after it
     device = default_device(args.device)
     extractor = get_extractor(args.extractor, inception_weights=args.inception_weights, device=device)
     source = image_source(args.source, resolution=args.resolution, split="train", strict=args.strict)

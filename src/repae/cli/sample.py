@@ -59,17 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out_npz is None and args.out_dir is None:
         raise ConfigError("nothing to write; pass --out-npz FILE.npz and/or --out-dir FOLDER")
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise ConfigError("--num-samples and --batch-size must be >= 1")
     resolve_sampling(args, None)  # bad flag values fail before the checkpoint is read
     from repae.utils.io import check_output_path
 
-    for flag, path, folder in (("--out-npz", args.out_npz, False), ("--out-dir", args.out_dir, True)):
-        if path is not None:
-            check_output_path(path, folder=folder, what=flag)
-    for flag, value in (("--resolution", args.resolution), ("--num-classes", args.num_classes)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be >= 1 (got {value})")
+    if args.out_npz is not None:
+        check_output_path(args.out_npz, folder=False, what="--out-npz", suffix=".npz")
+    if args.out_dir is not None:
+        check_output_path(args.out_dir, folder=True, what="--out-dir")
     official_only = [flag for flag, value in (("--resolution", args.resolution), ("--num-classes", args.num_classes))
                      if value is not None]
     if official_only:

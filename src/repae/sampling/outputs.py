@@ -164,7 +164,7 @@ def sample_to_outputs(generator: Generator, *, num_samples: int, batch_size: int
     if world_size > 1 and not distributed and out_dir is None:
         raise ConfigError("world_size > 1 without out_dir needs torch.distributed initialised; "
                           "pass out_dir (a folder all ranks can write) or init the process group")
-    npz_path = check_output_path(out_npz, folder=False, what="out_npz") if out_npz is not None else None
+    npz_path = check_output_path(out_npz, folder=False, what="out_npz", suffix=".npz") if out_npz is not None else None
     folder = check_output_path(out_dir, folder=True, what="out_dir") if out_dir is not None else None
     if npz_path is not None and npz_path.exists():
         return SampleOutputs(num_samples, 0, 0, npz_path if rank == 0 else None, folder)

@@ -162,12 +162,13 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | No
         os.chmod(tmp, mode)  # safetensors re-creates the file; keep the mode atomic_path chose
 
 
-def check_output_path(path: str | os.PathLike, *, folder: bool, what: str) -> Path:
+def check_output_path(path: str | os.PathLike, *, folder: bool, what: str, suffix: str | None = None) -> Path:
     """Refuse, before any work, an output path that cannot be written as the kind asked for.
 
     ``folder=False``: ``path`` must not be an existing folder; ``folder=True``: it must not be an existing
     file. Either way no existing ancestor may be a file (``mkdir`` would fail after the work is done).
-    ``what`` names the flag in the one-line error (e.g. ``"--out-npz"``).
+    ``suffix`` (e.g. ``".npz"``): the file name must end with it, because the verbs that read the file
+    back choose their reader by suffix. ``what`` names the flag in the one-line error (e.g. ``"--out-npz"``).
     """
     from repae.errors import ConfigError
 
@@ -183,4 +184,7 @@ def check_output_path(path: str | os.PathLike, *, folder: bool, what: str) -> Pa
             if not parent.is_dir():
                 raise ConfigError(f"{what} {path}: {parent} is a file, not a folder; give a path under a folder")
             break
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise ConfigError(f"{what} {path} must end in {suffix} (the readers pick the format by suffix): "
+                          f"give e.g. {path.with_suffix(suffix)}")
     return path
