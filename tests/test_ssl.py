@@ -229,6 +229,18 @@ def test_linear_probe_chance_on_random_labels():
     assert r.accuracy < 0.45  # no signal -> near 25 %
 
 
+@pytest.mark.parametrize("ntrain, train_classes, ntest", [(1, 1, 4), (6, 1, 4), (6, 2, 0)])
+def test_linear_probe_refuses_a_split_with_nothing_to_separate(ntrain, train_classes, ntest):
+    """One training image (or one class) gave a torch warning and a meaningless 'accuracy'."""
+    from repae.errors import ConfigError
+
+    x = torch.randn(ntrain + ntest, 8)
+    ytr = torch.arange(ntrain) % train_classes
+    with pytest.raises(ConfigError, match=f"got {ntrain} training image.*{ntest} test") as e:
+        linear_probe(x[:ntrain], ytr, x[ntrain:], torch.zeros(ntest, dtype=torch.long))
+    assert "\n" not in str(e.value) and "--train-data" in str(e.value)
+
+
 def test_extract_features_mean_pools_tokens():
     images = _images(5)
     feats = extract_features(lambda u: u.float().flatten(2).transpose(1, 2), images, batch_size=2, progress=False)

@@ -48,7 +48,18 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     Args:
         weight_decay: L2 coefficient on ``W`` (mean cross-entropy + ``wd * ||W||^2``).
         max_iter: L-BFGS iterations (full batch).
+
+    Raises:
+        ConfigError: fewer than 2 training classes (nothing to separate; one image also has no
+            feature standard deviation) or no test image.
     """
+    from repae.errors import ConfigError
+
+    num_train_classes = int(torch.unique(train_y).numel()) if len(train_y) else 0
+    if num_train_classes < 2 or len(test_y) == 0:
+        raise ConfigError(f"a linear probe needs training images of at least 2 classes and 1 test image; got "
+                          f"{len(train_y)} training image(s) of {num_train_classes} class(es) and {len(test_y)} test "
+                          "image(s): give a larger --train-data / --test-data")
     train_x, test_x = train_x.double(), test_x.double()
     mu, sd = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
     xtr, xte = (train_x - mu) / sd, (test_x - mu) / sd  # [N, D]
