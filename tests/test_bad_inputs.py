@@ -4,10 +4,13 @@ traceback, and nothing half-written is left behind."""
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import repae
 from repae.cli import main
 
 pytestmark = pytest.mark.slow  # 25 real verb runs, about a minute; CI runs them once
@@ -96,6 +99,10 @@ def more_files(files):
     (files / "bad.yaml").write_text("train: [\n")  # YAML syntax error
     (files / "list.yaml").write_text("- 1\n")  # a list, not a mapping of sections
     np.savez(files / "one.npz", arr_0=np.zeros((1, 8, 8, 3), np.uint8))  # one image: no covariance
+    vae = files / "damaged-vae"  # the shipped tokenizer folder with its weights cut short (a broken copy)
+    shutil.copytree(Path(repae.__file__).parent / "assets" / "repae-vae-fmnist", vae)
+    weights = vae / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
     return files
 
 
@@ -129,6 +136,8 @@ MORE_CASES = [
     (["pretrain-encoder", "--lr", "-1", "--epochs", "1", "--out", "{t}/enc.safetensors", "--no-probe"],
      "--lr must be a finite number > 0"),  # trained with a negative lr
     (["study", "--set", "train.batch_size=abc", "--dry-run"], "--set: train.batch_size expects an integer"),
+    (["train", "tokenizer.weights={t}/damaged-vae", "train.output_dir={t}/run", "train.max_steps=1"],
+     "damaged"),  # a truncated tokenizer: one line, no run folder
     (["sample", "--checkpoint", "{t}/no-run", "--out-npz", "{t}/s.txt"], "must end in .npz"),  # evaluate could not read it
     (["reference", "--source", "embedded:test", "--out", "{t}/ref", "--device", "cpu", "--no-progress"],
      "must end in .npz"),  # was refused only after the features were extracted

@@ -240,7 +240,8 @@ def read_vae_file(path: str | os.PathLike) -> Any:
         raise missing_vae_weights(f"{p} (no {WEIGHTS_NAME} or {WEIGHTS_NAME_BIN} inside)")
     if not p.is_file():
         raise missing_vae_weights(p)
-    return read_weights(p, what="VAE weights file", fix="save a plain state dict")
+    return read_weights(p, what="VAE weights file", fix="the file is damaged or not a state dict: export or copy it "
+                        "again (repae export-vae RUN --out DIR, or a diffusers folder)")
 
 
 def extract_vae_state_dict(obj: Any) -> tuple[dict, int]:
