@@ -310,7 +310,7 @@ ARTIFACTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "runs/rae-fmnist-sit-dh": ("repae train --config tiny-fmnist-rae-sit-dh", ("runs/rae-fmnist",)),
     "latents/rae-fmnist": ("repae cache-latents --vae runs/rae-fmnist/e2e-vae --out latents/rae-fmnist",
                            ("runs/rae-fmnist",)),
-    "runs/cnn-e30.safetensors": ("python scripts/make_encoder_asset.py --epochs 30 --out runs/cnn-e30.safetensors",
+    "runs/cnn-e12.safetensors": ("python scripts/make_encoder_asset.py --epochs 12 --out runs/cnn-e12.safetensors",
                                  ()),
 }
 # run folders the docs make at ImageNet scale or in the study: the tiny runs/repae-fmnist stands in
