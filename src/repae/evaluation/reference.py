@@ -86,11 +86,9 @@ def compute_reference(source: Any, extractor: FeatureExtractor, *, batch_size: i
 
 def save_reference(ref: ReferenceStats, out: str | os.PathLike) -> Path:
     """Write ``ref`` in the ADM layout plus ``pool_features``/``feature_space``/``num_images``, atomically."""
-    from repae.utils.io import atomic_path
+    from repae.utils.io import atomic_path, check_output_path
 
-    out = Path(out)
-    if out.suffix != ".npz":
-        raise ConfigError(f"reference output must end in .npz, got {out}")
+    out = check_output_path(out, folder=False, what="reference output", suffix=".npz")
     arrays = {"mu": ref.mu, "sigma": ref.sigma, "mu_s": ref.mu_s, "sigma_s": ref.sigma_s,
               "feature_space": np.array(ref.feature_space), "num_images": np.array(ref.num_images, np.int64)}
     if ref.images is not None:
